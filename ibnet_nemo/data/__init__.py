@@ -1,0 +1,1 @@
+"""Data preparation: NeMo manifests and corpora."""

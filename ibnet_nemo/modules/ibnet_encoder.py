@@ -1,0 +1,203 @@
+"""IBNet encoder: QuartzNet's macro layout built from inverted bottlenecks, as a typed NeMo module."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Optional, Sequence
+
+import torch
+from nemo.collections.asr.parts.submodules.jasper import init_weights
+from nemo.core.classes import Exportable, NeuralModule, typecheck
+from nemo.core.neural_types import AcousticEncodedRepresentation, LengthsType, NeuralType, SpectrogramType
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import nn
+
+from ibnet_nemo.parts.blocks import ConvBN, ConvBNAct, IBBlock, conv_output_lengths, make_mask
+
+__all__ = ["IBNetEncoder", "ibnet_layout"]
+
+# Keys a `blocks` entry may carry, per block type; missing keys take the encoder-level value or the default.
+_BLOCK_KEYS = {
+    "conv": {"type", "filters", "kernel", "stride", "dilation", "dropout"},
+    "ib": {"type", "filters", "kernel", "repeat", "expansion", "dilation", "dropout", "residual"},
+}
+
+
+def ibnet_layout(
+    C: int, repeat: int, expansion: int, kernels: Sequence[int], c2_dilation: int
+) -> list[dict[str, Any]]:
+    """The published IBNet family as a per-block list (the form ``IBNetEncoder(blocks=...)`` takes).
+
+    C1 conv C (stride 2), B1..B5 IBBlocks C, C, 2C, 2C, 2C, C2 a single IBConv 2C (no block residual),
+    C3 a 1x1 conv to 4C. The decoder (NeMo's ConvASRDecoder) is C4.
+
+    Args:
+        C: base width.
+        repeat: IBConv modules per IBBlock `R`.
+        expansion: inverted-bottleneck width multiplier `t`.
+        kernels: seven odd kernel widths, for C1, B1..B5 and C2.
+        c2_dilation: dilation of C2's depth-wise convolution.
+    """
+    if len(kernels) != 7:
+        raise ValueError(f"kernels must list 7 widths (C1, B1..B5, C2), got {list(kernels)}")
+    widths = (C, C, 2 * C, 2 * C, 2 * C)
+    return [
+        {"type": "conv", "filters": C, "kernel": kernels[0], "stride": 2},
+        *({"type": "ib", "filters": w, "kernel": k, "repeat": repeat, "expansion": expansion}
+          for w, k in zip(widths, kernels[1:6])),
+        {"type": "ib", "filters": 2 * C, "kernel": kernels[6], "repeat": 1, "expansion": expansion,
+         "dilation": c2_dilation, "residual": False},
+        {"type": "conv", "filters": 4 * C, "kernel": 1},
+    ]
+
+
+class IBNetEncoder(NeuralModule, Exportable):
+    """IBNet encoder, a drop-in replacement for NeMo's ``ConvASREncoder`` in CTC models.
+
+    Built either from one width knob ``C`` (the published family, see :func:`ibnet_layout`) or from an
+    explicit ``blocks`` list. Frames past each utterance's length are zeroed before every convolution that
+    mixes time, so a padded batch gives the same outputs on valid frames as each utterance run alone.
+
+    Args:
+        feat_in: input features `D` (mel bins).
+        C: base width; the encoder outputs ``4 * C`` channels (Default: ``192``).
+        repeat: IBConv modules per IBBlock `R` (Default: ``3``).
+        expansion: inverted-bottleneck width multiplier `t` (Default: ``2``).
+        kernels: kernel widths of C1, B1..B5, C2 (Default: ``(33, 33, 39, 51, 63, 75, 87)``).
+        c2_dilation: dilation of C2's depth-wise convolution; QuartzNet uses 2 there (Default: ``1``).
+        dropout: dropout in every module (Default: ``0.0``).
+        activation: ``relu``, ``relu6``, ``silu`` or ``gelu`` (Default: ``"relu"``).
+        blocks: explicit layout, a list of ``{type: conv | ib, filters, kernel, ...}`` entries that replaces
+            the one ``C``, ``repeat``, ``kernels`` and ``c2_dilation`` describe (Default: ``None``).
+        fast: run the time-major fast path; ``False`` runs plain ``Conv1d`` + ``BatchNorm1d``, same weights,
+            same results (Default: ``True``).
+        init_mode: weight initialisation, as in ``ConvASREncoder`` (Default: ``"xavier_uniform"``).
+    """
+
+    def __init__(
+        self,
+        feat_in: int,
+        C: int = 192,
+        repeat: int = 3,
+        expansion: int = 2,
+        kernels: Sequence[int] = (33, 33, 39, 51, 63, 75, 87),
+        c2_dilation: int = 1,
+        dropout: float = 0.0,
+        activation: str = "relu",
+        blocks: Optional[Sequence[dict]] = None,
+        fast: bool = True,
+        init_mode: str = "xavier_uniform",
+    ) -> None:
+        super().__init__()
+        for name, value in (("feat_in", feat_in), ("C", C)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(blocks, (ListConfig, DictConfig)):
+            blocks = OmegaConf.to_container(blocks)
+        if isinstance(kernels, ListConfig):
+            kernels = OmegaConf.to_container(kernels)
+        if blocks is None:
+            blocks = ibnet_layout(C, repeat, expansion, kernels, c2_dilation)
+        if not blocks:
+            raise ValueError("blocks must hold at least one block")
+
+        layers = []
+        channels = feat_in
+        self._subsampling_factor = 1
+        for index, spec in enumerate(blocks):
+            block_type = spec.get("type")
+            if block_type not in _BLOCK_KEYS:
+                raise ValueError(f"blocks[{index}].type must be 'conv' or 'ib', got {block_type!r}")
+            unknown = set(spec) - _BLOCK_KEYS[block_type]
+            if unknown:
+                raise ValueError(f"blocks[{index}] ({block_type}) has unknown keys {sorted(unknown)}")
+            common = dict(
+                dilation=spec.get("dilation", 1),
+                dropout=spec.get("dropout", dropout),
+                activation=activation,
+                fast=fast,
+            )
+            if block_type == "conv":
+                layer = ConvBNAct(channels, spec["filters"], spec["kernel"], stride=spec.get("stride", 1), **common)
+            else:
+                layer = IBBlock(
+                    channels,
+                    spec["filters"],
+                    spec["kernel"],
+                    repeat=spec.get("repeat", repeat),
+                    expansion=spec.get("expansion", expansion),
+                    residual=spec.get("residual", True),
+                    **common,
+                )
+            layers.append(layer)
+            channels = spec["filters"]
+            self._subsampling_factor *= layer.stride
+        self.layers = nn.ModuleList(layers)
+        self._feat_in = feat_in
+        self._feat_out = channels
+        self.apply(lambda module: init_weights(module, mode=init_mode))
+
+    @property
+    def input_types(self):
+        """Input ports: spectrogram `(B, D, T)` and lengths `(B,)`."""
+        return OrderedDict(
+            {
+                "audio_signal": NeuralType(("B", "D", "T"), SpectrogramType()),
+                "length": NeuralType(tuple("B"), LengthsType()),
+            }
+        )
+
+    @property
+    def output_types(self):
+        """Output ports: encoding `(B, 4C, T / 2)` and its lengths `(B,)`."""
+        return OrderedDict(
+            {
+                "outputs": NeuralType(("B", "D", "T"), AcousticEncodedRepresentation()),
+                "encoded_lengths": NeuralType(tuple("B"), LengthsType()),
+            }
+        )
+
+    @property
+    def subsampling_factor(self) -> int:
+        """Input frames per output frame (2 for the published layout)."""
+        return self._subsampling_factor
+
+    @property
+    def fast(self) -> bool:
+        """Whether the convolutions run the fast path (see :class:`~ibnet_nemo.parts.blocks.ConvBN`)."""
+        return all(module.fast for module in self.modules() if isinstance(module, ConvBN))
+
+    @fast.setter
+    def fast(self, value: bool) -> None:
+        for module in self.modules():
+            if isinstance(module, ConvBN):
+                module.fast = value
+
+    @typecheck()
+    def forward(self, audio_signal: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode a padded batch.
+
+        Args:
+            audio_signal: `(B, D, T)` features.
+            length: `(B,)` valid frames of each utterance.
+
+        Returns:
+            `(B, D_out, T_out)` encoding (frames past ``encoded_lengths`` hold no meaning) and `(B,)` int64
+            ``encoded_lengths``.
+        """
+        x = audio_signal
+        length = length.to(torch.int64)
+        mask = make_mask(length, x.shape[-1], x.dtype)
+        for layer in self.layers:
+            x = layer(x, mask)
+            if layer.stride > 1:
+                length = conv_output_lengths(length, layer.kernel_size, layer.stride, layer.dilation)
+                mask = make_mask(length, x.shape[-1], x.dtype)
+        return x.contiguous(), length
+
+    def input_example(self, max_batch: int = 1, max_dim: int = 256):
+        """Example `(features, lengths)` for tracing and export."""
+        device = next(self.parameters()).device
+        features = torch.randn(max_batch, self._feat_in, max_dim, device=device)
+        lengths = torch.full((max_batch,), max_dim, dtype=torch.int64, device=device)
+        return features, lengths

@@ -1,0 +1,1 @@
+"""Plain ``torch.nn`` building blocks (untyped)."""
