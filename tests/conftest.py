@@ -54,7 +54,7 @@ def make_dataset(root: Path, count: int, seed: int) -> Path:
         path = root / f"utt{index:03d}.wav"
         sf.write(path, audio, SAMPLE_RATE)
         records.append({"audio_filepath": str(path), "duration": audio.size / SAMPLE_RATE, "text": text})
-    return write_manifest(root / "manifest.json", records)
+    return write_manifest(root / f"{root.name}_manifest.json", records)  # NeMo rejects a bare manifest.json
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,137 @@
+"""IBNetEncoder: the NeMo encoder contract, gradients, padding invariance, sizes, export."""
+
+import numpy as np
+import pytest
+import torch
+from nemo.collections.asr.models import EncDecCTCModel
+
+from conftest import SHIPPED_CONFIGS, compose
+from ibnet_nemo.modules import IBNetEncoder, ibnet_layout
+
+# Encoder + decoder parameters (64 mel, 28 labels + blank) the issue asks for, and the exact figures.
+EXPECTED_PARAMS = {
+    "ibnet_c172": 6_677_069,
+    "ibnet_c192": 8_198_429,
+    "ibnet_c256": 14_109_725,
+    "quartznet_5x5": 6_713_181,
+    "quartznet_10x5": 12_818_781,
+}
+PUBLISHED_MILLIONS = {"ibnet_c172": 6.677, "ibnet_c192": 8.198, "ibnet_c256": 14.110,
+                      "quartznet_5x5": 6.713, "quartznet_10x5": 12.819}
+NO_DATA = ["model.train_ds.manifest_filepath=null", "model.validation_ds.manifest_filepath=null"]
+
+
+def _small_encoder(**kwargs) -> IBNetEncoder:
+    torch.manual_seed(0)
+    encoder = IBNetEncoder(feat_in=16, C=8, repeat=2, kernels=(5, 5, 7, 9, 11, 13, 15), **kwargs)
+    generator = torch.Generator().manual_seed(1)
+    for bn in (m for m in encoder.modules() if isinstance(m, torch.nn.BatchNorm1d)):
+        bn.running_mean.copy_(torch.randn(bn.num_features, generator=generator) * 0.1)
+        bn.running_var.copy_(torch.rand(bn.num_features, generator=generator) + 0.5)
+    return encoder
+
+
+def test_contract_ports_widths_and_lengths():
+    encoder = _small_encoder()
+    assert set(encoder.input_types) == {"audio_signal", "length"}
+    assert set(encoder.output_types) == {"outputs", "encoded_lengths"}
+    assert encoder._feat_in == 16 and encoder._feat_out == 32 and encoder.subsampling_factor == 2
+    x = torch.randn(3, 16, 51)
+    y, lengths = encoder(audio_signal=x, length=torch.tensor([51, 50, 7]))
+    assert y.shape == (3, 32, 26)
+    assert lengths.dtype == torch.int64 and lengths.tolist() == [26, 25, 4]  # ceil(L / 2)
+    with pytest.raises(TypeError):
+        encoder(x, torch.tensor([51, 50, 7]))  # typed forward: keyword arguments only
+
+
+def test_every_parameter_gets_a_gradient():
+    encoder = _small_encoder(dropout=0.1).train()
+    y, lengths = encoder(audio_signal=torch.randn(2, 16, 40), length=torch.tensor([40, 31]))
+    (y * torch.randn_like(y)).sum().backward()
+    missing = [name for name, p in encoder.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_padded_batch_equals_each_utterance_alone(fast):
+    encoder = _small_encoder(fast=fast).eval()
+    lengths = torch.tensor([64, 41, 17, 1])
+    batch = 1e3 * torch.randn(4, 16, 64)  # whatever the padding holds
+    with torch.no_grad():
+        y, y_lengths = encoder(audio_signal=batch, length=lengths)
+        for b, length in enumerate(lengths.tolist()):
+            alone, alone_length = encoder(audio_signal=batch[b : b + 1, :, :length], length=lengths[b : b + 1])
+            valid = alone_length.item()
+            assert y_lengths[b].item() == valid
+            torch.testing.assert_close(y[b, :, :valid], alone[0], rtol=1e-5, atol=1e-5 * alone.abs().max().item())
+
+
+@pytest.mark.parametrize("name", SHIPPED_CONFIGS)
+def test_parameter_counts_of_the_shipped_configs(name):
+    model = EncDecCTCModel(cfg=compose(name, NO_DATA).model)
+    assert model.num_weights == EXPECTED_PARAMS[name]
+    assert model.num_weights / 1e6 == pytest.approx(PUBLISHED_MILLIONS[name], rel=0.005)
+    assert model.decoder._feat_in == model.encoder._feat_out
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("model.encoder.C=256", EXPECTED_PARAMS["ibnet_c256"]),
+    ("model.encoder.C=64", None),
+    ("model.encoder.repeat=2", None),
+    ("model.encoder.expansion=3", None),
+])
+def test_one_command_line_override_gives_a_consistent_model(override, expected):
+    model = EncDecCTCModel(cfg=compose("ibnet_c192", NO_DATA + [override]).model).eval()
+    if expected is not None:
+        assert model.num_weights == expected
+    log_probs, encoded_lengths, _ = model(input_signal=torch.randn(1, 4000), input_signal_length=torch.tensor([4000]))
+    assert encoded_lengths.item() == 13  # 4000 samples -> 26 frames (hop 160) -> 13 after the stride
+    assert log_probs.shape[-1] == 29  # 28 labels + blank
+
+
+def test_explicit_block_list_equals_the_width_knob():
+    layout = ibnet_layout(8, 2, 2, (5, 5, 7, 9, 11, 13, 15), 1)
+    knob, listed = _small_encoder(), IBNetEncoder(feat_in=16, blocks=layout)
+    listed.load_state_dict(knob.state_dict())
+    knob.eval(), listed.eval()
+    x, lengths = torch.randn(2, 16, 30), torch.tensor([30, 20])
+    torch.testing.assert_close(listed(audio_signal=x, length=lengths)[0], knob(audio_signal=x, length=lengths)[0])
+    # A hand-written layout: no C1 stride, dilated blocks.
+    custom = IBNetEncoder(feat_in=16, blocks=[
+        {"type": "conv", "filters": 12, "kernel": 3},
+        {"type": "ib", "filters": 24, "kernel": 5, "repeat": 2, "dilation": 2, "expansion": 4},
+    ])
+    y, y_lengths = custom(audio_signal=x, length=lengths)
+    assert y.shape == (2, 24, 30) and custom.subsampling_factor == 1 and y_lengths.tolist() == [30, 20]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"C": 0}, "C must be a positive integer"),
+    ({"kernels": (33, 33)}, "kernels must list 7 widths"),
+    ({"blocks": []}, "blocks must hold at least one block"),
+    ({"blocks": [{"type": "lstm", "filters": 8, "kernel": 3}]}, r"blocks\[0\].type must be"),
+    ({"blocks": [{"type": "ib", "filters": 8, "kernel": 3, "stride": 2}]}, r"unknown keys \['stride'\]"),
+])
+def test_bad_configuration_raises_value_error(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        IBNetEncoder(feat_in=64, **kwargs)
+
+
+def test_onnx_and_torchscript_export_match_pytorch(tmp_path):
+    import onnxruntime
+
+    cfg = compose("ibnet_c192", NO_DATA + ["model.encoder.C=16", "model.encoder.repeat=1"])
+    model = EncDecCTCModel(cfg=cfg.model).eval()
+    features, lengths = torch.randn(2, 64, 301), torch.tensor([301, 200])
+    with torch.no_grad():
+        encoded, _ = model.encoder(audio_signal=features, length=lengths)
+        expected = model.decoder(encoder_output=encoded).numpy()
+
+    model.export(str(tmp_path / "ibnet.onnx"))
+    session = onnxruntime.InferenceSession(str(tmp_path / "ibnet.onnx"))
+    onnx_logprobs = session.run(None, {"audio_signal": features.numpy(), "length": lengths.numpy()})[0]
+    np.testing.assert_allclose(onnx_logprobs, expected, rtol=1e-4, atol=1e-4)
+
+    model.export(str(tmp_path / "ibnet.ts"))
+    scripted = torch.jit.load(str(tmp_path / "ibnet.ts"))
+    np.testing.assert_allclose(scripted(features, lengths).numpy(), expected, rtol=1e-4, atol=1e-4)
