@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
+
+from ibnet_nemo.fileio import atomic_path
 
 __all__ = ["read_manifest", "write_manifest"]
 
@@ -31,19 +32,12 @@ def read_manifest(path: str | os.PathLike) -> Iterator[dict]:
 
 
 def write_manifest(path: str | os.PathLike, records: Iterable[dict]) -> Path:
-    """Write ``records`` as a manifest atomically: a temporary file in the same folder, then a rename.
+    """Write ``records`` as a manifest atomically (:func:`~ibnet_nemo.fileio.atomic_path`).
 
     An interrupted write never leaves a partial file under ``path``. Returns ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
     return path
