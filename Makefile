@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo clean
+.PHONY: install requirements test demo clean
 
 install: $(STAMP)
 
@@ -13,11 +13,21 @@ install: $(STAMP)
 $(STAMP): setup.cfg requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -c requirements.lock -e '.[lm,export,dev]'
+	$(VENV)/bin/pip install --quiet -c requirements.lock -e '.[lm,export,demo,dev]'
 	touch $(STAMP)
 
-test: $(STAMP)
+# The demo's Debian packages (TTS voices, telephone prompts): the demo tests use them too. Only missing ones
+# are installed, so a second run costs a dpkg check.
+requirements: $(STAMP)
+	$(PY) -m ibnet_nemo.demo --install-only
+
+test: requirements
 	$(PY) -m pytest tests
+
+# The offline demo (docs/demo.md): installs the missing Debian TTS/prompt packages and the `demo` extra, builds the
+# corpus, trains IBNet and QuartzNet, prints the WER table. All of it is `python -m ibnet_nemo.demo`.
+demo: requirements
+	$(PY) -m ibnet_nemo.demo --no-install
 
 clean:
 	rm -rf $(VENV) .pytest_cache

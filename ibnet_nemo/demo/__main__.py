@@ -1,0 +1,43 @@
+"""``python -m ibnet_nemo.demo``: the whole demo (what ``make demo`` runs). ``--help`` lists the options."""
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from ibnet_nemo.demo.corpus import CorpusSpec
+from ibnet_nemo.demo.install import ensure_requirements
+from ibnet_nemo.demo.pipeline import DemoSettings, run_demo
+
+
+def main() -> None:
+    defaults, corpus = DemoSettings(), CorpusSpec()
+    parser = argparse.ArgumentParser(
+        prog="python -m ibnet_nemo.demo",
+        description="Build the offline alphanumeric corpus, train IBNet and QuartzNet on it, report their WER "
+        "(docs/demo.md). Installs missing Debian packages and the `demo` extra first.",
+    )
+    parser.add_argument("--output-dir", type=Path, default=defaults.output_dir, help="(default: %(default)s)")
+    parser.add_argument("--train-utterances", type=int, default=corpus.train_utterances, help="(default: %(default)s)")
+    parser.add_argument("--sequential", action="store_true", help="train the models one after the other")
+    parser.add_argument("--install-only", action="store_true", help="install the missing requirements and stop")
+    parser.add_argument("--no-install", action="store_true", help="do not install missing requirements")
+    parser.add_argument(
+        "overrides", nargs="*", help="Hydra overrides for both training commands, e.g. trainer.max_steps=500"
+    )
+    args = parser.parse_args()
+    if not args.no_install:
+        ensure_requirements()
+    if args.install_only:
+        return
+    run_demo(
+        DemoSettings(
+            output_dir=args.output_dir,
+            corpus=dataclasses.replace(corpus, train_utterances=args.train_utterances),
+            train_overrides=tuple(args.overrides),
+            concurrent=not args.sequential,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

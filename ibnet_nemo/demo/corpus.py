@@ -1,0 +1,193 @@
+"""Build (or reuse) the demo corpus: synthetic train / validation / held-out-voice test sets and the real test set.
+
+Everything lands under one folder with NeMo manifests beside the audio; ``corpus.json`` records the spec it was
+built from, so a second build with the same spec finds every file and returns at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ibnet_nemo.data.manifest import read_manifest, write_manifest
+from ibnet_nemo.demo.real_speech import ASTERISK_SOUNDS, ASTERISK_TRANSCRIPTS, build_real_test_set
+from ibnet_nemo.demo.synthesis import HELDOUT_VOICES, TRAIN_VOICES, Utterance, Voice, synthesize
+from ibnet_nemo.demo.vocabulary import random_transcript, spoken_form
+
+__all__ = ["SPLITS", "CorpusSpec", "build_corpus"]
+
+#: Manifest names (``<split>.json``) the corpus writes.
+SPLITS = ("train", "val", "test_synthetic_heldout", "test_real_human")
+_CHUNK = 48  # utterances per engine call batch: festival pays its start-up once per chunk
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """What the corpus holds. Two builds with equal specs give identical corpora.
+
+    Args:
+        train_utterances: synthetic training utterances. (Default: 8000)
+        val_utterances: validation utterances (training voices, new texts). (Default: 300)
+        test_utterances: held-out-voice test utterances. (Default: 400)
+        train_voices: voices of train and val. (Default: :data:`~ibnet_nemo.demo.synthesis.TRAIN_VOICES`)
+        heldout_voices: voices of the synthetic test set only.
+            (Default: :data:`~ibnet_nemo.demo.synthesis.HELDOUT_VOICES`)
+        engine_shares: fraction of utterances per engine (voices of an engine share its part evenly).
+        rate_range: speaking-rate factor range (> 1 slower). (Default: (0.8, 1.3))
+        pitch_range: pitch factor range. (Default: (0.88, 1.15))
+        telephone_fraction: share of train/val utterances passed through the telephone band. (Default: 0.5)
+        noise_fraction: share of train/val utterances with white noise. (Default: 0.5)
+        snr_range_db: noise level range. (Default: (15, 40))
+        max_tokens: most tokens per utterance. (Default: 7)
+        seed: random seed. (Default: 0)
+        real_sounds_dir: folder of the asterisk prompt WAVs (8 kHz). (Default: Debian's path)
+        real_transcripts: ``core-sounds-en.txt.gz``. (Default: Debian's path)
+    """
+
+    train_utterances: int = 8000
+    val_utterances: int = 300
+    test_utterances: int = 400
+    train_voices: tuple[Voice, ...] = TRAIN_VOICES
+    heldout_voices: tuple[Voice, ...] = HELDOUT_VOICES
+    engine_shares: dict[str, float] = field(
+        default_factory=lambda: {"flite": 0.35, "festival": 0.25, "espeak-ng": 0.4}
+    )
+    rate_range: tuple[float, float] = (0.8, 1.3)
+    pitch_range: tuple[float, float] = (0.88, 1.15)
+    telephone_fraction: float = 0.5
+    noise_fraction: float = 0.5
+    snr_range_db: tuple[float, float] = (15.0, 40.0)
+    max_tokens: int = 7
+    seed: int = 0
+    real_sounds_dir: str = ASTERISK_SOUNDS
+    real_transcripts: str = ASTERISK_TRANSCRIPTS
+
+    def __post_init__(self):
+        for name in ("train_utterances", "val_utterances", "test_utterances"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if set(self.train_voices) & set(self.heldout_voices):
+            both = sorted(voice.key for voice in set(self.train_voices) & set(self.heldout_voices))
+            raise ValueError(f"voices both trained on and held out: {both}")
+        for name in ("telephone_fraction", "noise_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if any(share < 0 for share in self.engine_shares.values()) or sum(self.engine_shares.values()) <= 0:
+            raise ValueError(f"engine_shares must be non-negative with a positive sum, got {self.engine_shares}")
+
+    def fingerprint(self) -> dict:
+        """The spec as plain JSON data (what ``corpus.json`` stores)."""
+        return json.loads(json.dumps(asdict(self), default=str))
+
+
+def _voice_weights(voices: tuple[Voice, ...], shares: dict[str, float]) -> np.ndarray:
+    weights = np.array([shares.get(v.engine, 0.0) / sum(u.engine == v.engine for u in voices) for v in voices])
+    if weights.sum() <= 0:
+        raise ValueError(f"engine_shares {shares} give no weight to any of the voices {[v.key for v in voices]}")
+    return weights / weights.sum()
+
+
+def _plan_split(
+    spec: CorpusSpec, split: str, count: int, voices: tuple[Voice, ...], augment: bool, audio_dir: Path, seed: int
+) -> list[tuple[Voice, Utterance, str]]:
+    """``count`` (voice, utterance, transcript) triples with random texts, voices, prosody and channel."""
+    rng = np.random.default_rng(seed)
+    weights = _voice_weights(voices, spec.engine_shares)
+    plan = []
+    for index in range(count):
+        transcript = random_transcript(rng, max_tokens=spec.max_tokens)
+        voice = voices[int(rng.choice(len(voices), p=weights))]
+        telephone = augment and rng.random() < spec.telephone_fraction
+        noisy = augment and rng.random() < spec.noise_fraction
+        utterance = Utterance(
+            text=spoken_form(transcript),
+            path=audio_dir / split / f"{split}_{index:05d}_{voice.key.replace('+', '-')}.wav",
+            rate=float(rng.uniform(*spec.rate_range)),
+            pitch=float(rng.uniform(*spec.pitch_range)),
+            telephone=bool(telephone),
+            snr_db=float(rng.uniform(*spec.snr_range_db)) if noisy else None,
+            seed=int(rng.integers(2**31)),
+        )
+        plan.append((voice, utterance, transcript))
+    return plan
+
+
+def _synthesize_plan(plan: list[tuple[Voice, Utterance, str]], description: str, workers: int) -> list[dict]:
+    """Synthesize a plan in parallel chunks of one voice each; returns manifest records in plan order."""
+    by_voice: dict[Voice, list[int]] = {}
+    for index, (voice, _, _) in enumerate(plan):
+        by_voice.setdefault(voice, []).append(index)
+    chunks = [
+        (voice, indices[i : i + _CHUNK]) for voice, indices in by_voice.items() for i in range(0, len(indices), _CHUNK)
+    ]
+    durations: dict[int, float] = {}
+    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(total=len(plan), desc=description, unit="utt") as bar:
+        futures = {pool.submit(synthesize, voice, [plan[i][1] for i in indices]): indices for voice, indices in chunks}
+        for future in as_completed(futures):
+            durations.update(zip(futures[future], future.result()))
+            bar.update(len(futures[future]))
+    return [
+        {"audio_filepath": str(utterance.path), "duration": round(durations[i], 3), "text": transcript,
+         "voice": voice.key}
+        for i, (voice, utterance, transcript) in enumerate(plan)
+    ]  # fmt: skip
+
+
+def _cached(root: Path, spec: CorpusSpec) -> dict[str, Path] | None:
+    """The manifests of a finished build of ``spec`` under ``root`` whose audio files all exist, else None."""
+    stamp = root / "corpus.json"
+    if not stamp.is_file() or json.loads(stamp.read_text()) != spec.fingerprint():
+        return None
+    manifests = {split: root / f"{split}.json" for split in SPLITS}
+    for manifest in manifests.values():
+        if not manifest.is_file() or not all(Path(r["audio_filepath"]).is_file() for r in read_manifest(manifest)):
+            return None
+    return manifests
+
+
+def build_corpus(
+    root: str | os.PathLike, spec: CorpusSpec = CorpusSpec(), workers: int | None = None
+) -> dict[str, Path]:
+    """Build the demo corpus under ``root`` (or reuse a finished build of the same spec).
+
+    Args:
+        root: output folder: ``audio/<split>/*.wav``, ``<split>.json`` manifests, ``corpus.json``.
+        spec: what to build. (Default: ``CorpusSpec()``)
+        workers: parallel synthesis jobs. (Default: the number of CPUs)
+
+    Returns:
+        ``{split: manifest path}`` for every split in :data:`SPLITS`.
+    """
+    root = Path(root).resolve()
+    cached = _cached(root, spec)
+    if cached is not None:
+        print(f"Corpus: reusing {root} (same spec, all files present)")
+        return cached
+    (root / "corpus.json").unlink(missing_ok=True)
+    workers = workers or os.cpu_count() or 1
+    audio_dir = root / "audio"
+    plans = {
+        "train": _plan_split(spec, "train", spec.train_utterances, spec.train_voices, True, audio_dir, spec.seed),
+        "val": _plan_split(spec, "val", spec.val_utterances, spec.train_voices, True, audio_dir, spec.seed + 1),
+        "test_synthetic_heldout": _plan_split(
+            spec, "test_synthetic_heldout", spec.test_utterances, spec.heldout_voices, False, audio_dir, spec.seed + 2
+        ),
+    }
+    manifests = {}
+    for split, plan in plans.items():
+        records = _synthesize_plan(plan, f"Synthesizing {split}", workers)
+        manifests[split] = write_manifest(root / f"{split}.json", records)
+    real_records = build_real_test_set(spec.real_sounds_dir, spec.real_transcripts, audio_dir / "test_real_human")
+    manifests["test_real_human"] = write_manifest(root / "test_real_human.json", real_records)
+    (root / "corpus.json").write_text(json.dumps(spec.fingerprint(), indent=1) + "\n")
+    for split, manifest in manifests.items():
+        records = list(read_manifest(manifest))
+        hours = sum(r["duration"] for r in records) / 3600
+        print(f"Corpus: {split}: {len(records)} utterances, {hours:.2f} h -> {manifest}")
+    return manifests

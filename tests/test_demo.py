@@ -1,0 +1,201 @@
+"""`make demo` in miniature: the corpus builders, the signal augmentation, the report, and the whole pipeline
+(three voices, a few utterances, a few training steps of both models, both decodings, plot, one transcription).
+
+Needs the demo's Debian TTS packages (`python -m ibnet_nemo.demo --install-only` installs them). The real test
+speech is a generated stand-in for the Asterisk prompt tree, so the test reads no Debian audio.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from ibnet_nemo.data.manifest import read_manifest
+from ibnet_nemo.demo.augment import SAMPLE_RATE, add_noise, telephone_band
+from ibnet_nemo.demo.corpus import SPLITS, CorpusSpec, build_corpus
+from ibnet_nemo.demo.install import missing_apt_packages
+from ibnet_nemo.demo.pipeline import DemoSettings, run_demo
+from ibnet_nemo.demo.real_speech import build_real_test_set, read_prompt_transcripts
+from ibnet_nemo.demo.report import Result, format_table
+from ibnet_nemo.demo.synthesis import HELDOUT_VOICES, TRAIN_VOICES, Voice, missing_engines
+from ibnet_nemo.demo.vocabulary import VOCABULARY, random_transcript, spoken_form, task_sentences
+
+# A stand-in for core-sounds-en.txt.gz: in-vocabulary prompts, a dotted one, out-of-vocabulary ones, a comment.
+FAKE_PROMPTS = {
+    "digits/7": "seven",
+    "digits/a-m": "A.M.",
+    "letters/b": "b",
+    "phonetic/x_p": "xray",
+    "digits/million": "million",
+    "agent-pass": "Please enter your password followed by the pound key.",
+}
+IN_VOCABULARY = {"digits/7": "seven", "digits/a-m": "a m", "letters/b": "b", "phonetic/x_p": "xray"}
+
+
+def make_prompt_tree(root: Path) -> tuple[Path, Path]:
+    """8 kHz WAVs for every prompt but one in-vocabulary prompt left without audio, and the gzipped transcripts."""
+    sounds = root / "sounds"
+    rng = np.random.default_rng(0)
+    for name in FAKE_PROMPTS:
+        if name != "letters/b":
+            (sounds / name).parent.mkdir(parents=True, exist_ok=True)
+            sf.write(sounds / f"{name}.wav", 0.1 * rng.standard_normal(4000).astype(np.float32), 8000)
+    transcripts = root / "core-sounds-en.txt.gz"
+    lines = ["; Core Asterisk Sounds in English", ""] + [f"{name}: {text}" for name, text in FAKE_PROMPTS.items()]
+    with gzip.open(transcripts, "wt", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return sounds, transcripts
+
+
+def band_energy(audio: np.ndarray, low_hz: float, high_hz: float) -> float:
+    spectrum = np.abs(np.fft.rfft(audio)) ** 2
+    freqs = np.fft.rfftfreq(audio.size, 1 / SAMPLE_RATE)
+    return float(spectrum[(freqs >= low_hz) & (freqs < high_hz)].sum())
+
+
+def test_vocabulary_and_spoken_form():
+    assert len(VOCABULARY) == len(set(VOCABULARY)) == 11 + 20 + 26 + 26
+    assert all(set(word) <= set("abcdefghijklmnopqrstuvwxyz") for word in VOCABULARY)
+    assert spoken_form("b seven xray a") == "B seven x-ray A"
+    with pytest.raises(ValueError, match="million"):
+        spoken_form("seven million")
+    rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+    texts = [random_transcript(rng_a, max_tokens=4) for _ in range(200)]
+    assert texts == [random_transcript(rng_b, max_tokens=4) for _ in range(200)]
+    assert {len(text.split()) for text in texts} == {1, 2, 3, 4}
+    with pytest.raises(ValueError, match="max_tokens=0"):
+        random_transcript(rng_a, min_tokens=1, max_tokens=0)
+    assert task_sentences(["one two"])[:2] == ["one two", "zero"] and len(task_sentences([])) == len(VOCABULARY)
+
+
+def test_voice_catalog():
+    assert not set(TRAIN_VOICES) & set(HELDOUT_VOICES)
+    assert {voice.engine for voice in HELDOUT_VOICES} == {"flite", "festival", "espeak-ng"}
+    with pytest.raises(ValueError, match="'sapi'"):
+        Voice("sapi", "david")
+    with pytest.raises(ValueError, match="both trained on and held out"):
+        CorpusSpec(heldout_voices=TRAIN_VOICES[:1])
+
+
+def test_telephone_band_and_noise():
+    rng = np.random.default_rng(0)
+    audio = rng.standard_normal(SAMPLE_RATE).astype(np.float32)
+    narrow = telephone_band(audio, SAMPLE_RATE)
+    assert narrow.shape == audio.shape
+    # Nothing above the 4 kHz Nyquist frequency of the 8 kHz channel, nothing much below the 300 Hz high-pass.
+    assert band_energy(narrow, 4500, 8000) < 1e-3 * band_energy(narrow, 500, 3500)
+    assert band_energy(narrow, 0, 100) < 1e-2 * band_energy(audio, 0, 100)
+    noisy = add_noise(audio, snr_db=20.0, rng=rng)
+    snr = 10 * np.log10(np.mean(audio**2) / np.mean((noisy - audio) ** 2))
+    assert abs(snr - 20.0) < 0.3
+
+
+def test_real_test_set_keeps_in_vocabulary_prompts(tmp_path):
+    sounds, transcripts = make_prompt_tree(tmp_path)
+    assert read_prompt_transcripts(transcripts) == FAKE_PROMPTS
+    records = build_real_test_set(sounds, transcripts, tmp_path / "out")
+    # letters/b is in the vocabulary but has no recording; the others are out of the vocabulary.
+    assert {Path(r["source"]).relative_to(sounds).with_suffix("").as_posix(): r["text"] for r in records} == {
+        name: text for name, text in IN_VOCABULARY.items() if name != "letters/b"
+    }
+    for record in records:
+        info = sf.info(record["audio_filepath"])
+        assert info.samplerate == SAMPLE_RATE and abs(info.duration - 0.5) < 0.01
+    with pytest.raises(FileNotFoundError, match="asterisk-core-sounds-en-wav"):
+        build_real_test_set(tmp_path / "missing", transcripts, tmp_path / "out")
+
+
+def test_missing_apt_packages_are_reported():
+    assert missing_apt_packages(("dpkg", "no-such-package-ibnet-demo")) == ["no-such-package-ibnet-demo"]
+
+
+def test_result_records_and_table():
+    with pytest.raises(ValueError, match="'conformer'"):
+        Result("conformer", 1, 1.0, 1.0, 1, "real_human", "greedy", 5.0, 3)
+    results = [
+        Result("ibnet", 674077, 7.5, 6.0, 1000, test_set, decoding, wer, 10)
+        for (test_set, decoding), wer in zip(
+            [("synthetic_heldout", "greedy"), ("synthetic_heldout", "lm"), ("real_human", "greedy")], [5.0, 4.0, 12.5]
+        )
+    ]
+    table = format_table(results).splitlines()
+    assert [cell.strip() for cell in table[0].split(" | ")][:4] == ["model", "params", "train min (CPU)", "steps"]
+    assert [cell.strip() for cell in table[2].split(" | ")] == [
+        "ibnet", "674k", "7.5 (6.0)", "1000", "5.0% (10)", "4.0% (10)", "12.5% (10)", "-"
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """The whole demo on a miniature corpus with a few training steps; returns (output dir, results, seconds)."""
+    if missing_engines():
+        pytest.fail(f"TTS engines missing: {missing_engines()}; run `python -m ibnet_nemo.demo --install-only`")
+    root = tmp_path_factory.mktemp("demo")
+    sounds, transcripts = make_prompt_tree(root / "prompts")
+    corpus = CorpusSpec(
+        train_utterances=24,
+        val_utterances=6,
+        test_utterances=6,
+        train_voices=(Voice("flite", "kal16"), Voice("festival", "kal_diphone"), Voice("espeak-ng", "en-us+m1")),
+        heldout_voices=(Voice("flite", "slt"),),
+        max_tokens=3,
+        real_sounds_dir=str(sounds),
+        real_transcripts=str(transcripts),
+    )
+    overrides = ("trainer.max_steps=4", "trainer.val_check_interval=2", "model.train_ds.batch_size=6",
+                 "model.optim.sched.warmup_steps=2", "trainer.log_every_n_steps=1")  # fmt: skip
+    settings = DemoSettings(output_dir=root / "out", corpus=corpus, train_overrides=overrides, beam_size=4)
+    start = time.time()
+    results = run_demo(settings)
+    return root / "out", corpus, results, time.time() - start
+
+
+def test_demo_corpus_is_built_split_by_voice_and_cached(demo_run, capsys):
+    out, corpus, _, _ = demo_run
+    manifests = {split: out / "corpus" / f"{split}.json" for split in SPLITS}
+    records = {split: list(read_manifest(path)) for split, path in manifests.items()}
+    assert [len(records[split]) for split in SPLITS] == [24, 6, 6, 3]
+    train_voices = {voice.key for voice in corpus.train_voices}
+    assert {r["voice"] for r in records["train"] + records["val"]} <= train_voices
+    assert {r["voice"] for r in records["test_synthetic_heldout"]} == {"flite_slt"}
+    assert {r["voice"].split("_")[0] for r in records["train"]} == {"flite", "festival", "espeak-ng"}
+    for record in records["train"][:5] + records["test_synthetic_heldout"][:2]:
+        info = sf.info(record["audio_filepath"])
+        assert info.samplerate == SAMPLE_RATE and abs(info.duration - record["duration"]) < 2e-3
+        assert set(record["text"].split()) <= set(VOCABULARY)
+    # A second build of the same spec reuses every file.
+    stamp = {path: path.stat().st_mtime_ns for path in (out / "corpus" / "audio").rglob("*.wav")}
+    capsys.readouterr()
+    assert build_corpus(out / "corpus", corpus) == manifests
+    assert "reusing" in capsys.readouterr().out
+    assert {path: path.stat().st_mtime_ns for path in stamp} == stamp
+
+
+def test_demo_results_plot_models_and_transcription(demo_run):
+    out, corpus, results, seconds = demo_run
+    records = json.loads((out / "results.json").read_text())
+    assert len(records) == 8 and records == [result.__dict__ for result in results]
+    assert {(r["model"], r["test_set"], r["decoding"]) for r in records} == {
+        (m, t, d) for m in ("ibnet", "quartznet") for t in ("synthetic_heldout", "real_human") for d in ("greedy", "lm")
+    }
+    for record in records:
+        assert record["utterances"] == (6 if record["test_set"] == "synthetic_heldout" else 3)
+        assert record["wer"] >= 0 and record["train_steps"] == 4 and 0 < record["train_minutes"] < seconds / 60
+        assert 0 < record["train_cpu_minutes"] < 2 * record["train_minutes"]
+    params = {r["model"]: r["params"] for r in records}
+    assert params["ibnet"] == 674077 and abs(params["quartznet"] / params["ibnet"] - 1) < 0.05
+    assert (out / "validation_wer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for model in ("ibnet", "quartznet"):
+        assert (out / f"{model}.nemo").stat().st_size > 1e6
+        log = (out / f"{model}_train.log").read_text(errors="replace")
+        assert "Epoch 0" in log and "max_steps=4" in log
+    for name in ("ibnet_real_human_greedy", "quartznet_synthetic_heldout_lm"):
+        assert all("pred_text" in r for r in read_manifest(out / "transcripts" / f"{name}.json"))
+    clip = next(read_manifest(out / "one_clip.json"))
+    assert "pred_text" in clip and Path(clip["audio_filepath"]).suffix == ".wav"
