@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
+from torch.utils.checkpoint import checkpoint
 from nemo.collections.asr.parts.submodules.jasper import init_weights
 from nemo.core.classes import Exportable, NeuralModule, typecheck
 from nemo.core.neural_types import AcousticEncodedRepresentation, LengthsType, NeuralType, SpectrogramType
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
-from ibnet_nemo.parts.blocks import ConvBN, ConvBNAct, IBBlock, conv_output_lengths, make_mask
+from ibnet_nemo.parts.blocks import ConvBN, ConvBNAct, IBBlock, capturing_graph, conv_output_lengths, make_mask
 
 __all__ = ["IBNetEncoder", "ibnet_layout"]
 
@@ -51,6 +53,19 @@ def ibnet_layout(
     ]
 
 
+@contextlib.contextmanager
+def _running_stats_restored(module: nn.Module) -> Iterator[None]:
+    """Puts back ``module``'s buffers (BatchNorm running statistics) on exit: a recomputed forward must not
+    update them a second time."""
+    saved = [(buffer, buffer.clone()) for buffer in module.buffers()]
+    try:
+        yield
+    finally:  # also when autograd stops the recomputation early, once it has what backward needs
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
 class IBNetEncoder(NeuralModule, Exportable):
     """IBNet encoder, a drop-in replacement for NeMo's ``ConvASREncoder`` in CTC models.
 
@@ -72,6 +87,9 @@ class IBNetEncoder(NeuralModule, Exportable):
         fast: run the time-major fast path; ``False`` runs plain ``Conv1d`` + ``BatchNorm1d``, same weights,
             same results (Default: ``True``).
         init_mode: weight initialisation, as in ``ConvASREncoder`` (Default: ``"xavier_uniform"``).
+        checkpoint_blocks: in training, keep only each block's input for backward and recompute the block's
+            activations there: less memory for about one more forward pass per step. Gradients and BatchNorm
+            running statistics are the same as without it (Default: ``False``).
     """
 
     def __init__(
@@ -87,6 +105,7 @@ class IBNetEncoder(NeuralModule, Exportable):
         blocks: Optional[Sequence[dict]] = None,
         fast: bool = True,
         init_mode: str = "xavier_uniform",
+        checkpoint_blocks: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("feat_in", feat_in), ("C", C)):
@@ -135,6 +154,7 @@ class IBNetEncoder(NeuralModule, Exportable):
         self.layers = nn.ModuleList(layers)
         self._feat_in = feat_in
         self._feat_out = channels
+        self.checkpoint_blocks = checkpoint_blocks
         self.apply(lambda module: init_weights(module, mode=init_mode))
 
     @property
@@ -187,12 +207,25 @@ class IBNetEncoder(NeuralModule, Exportable):
         """
         x = audio_signal
         length = length.to(torch.int64)
-        mask = make_mask(length, x.shape[-1], x.dtype)
+        # Without padding every frame is valid and the blocks skip masking; exported graphs keep it for any batch.
+        padded = capturing_graph() or bool((length < x.shape[-1]).any())
+        mask = make_mask(length, x.shape[-1], x.dtype) if padded else None
+        recompute = self.checkpoint_blocks and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            x = layer(x, mask)
+            if recompute:
+                x = checkpoint(
+                    layer,
+                    x,
+                    mask,
+                    use_reentrant=False,
+                    context_fn=lambda layer=layer: (contextlib.nullcontext(), _running_stats_restored(layer)),
+                )
+            else:
+                x = layer(x, mask)
             if layer.stride > 1:
                 length = conv_output_lengths(length, layer.kernel_size, layer.stride, layer.dilation)
-                mask = make_mask(length, x.shape[-1], x.dtype)
+                if padded:
+                    mask = make_mask(length, x.shape[-1], x.dtype)
         return x.contiguous(), length
 
     def input_example(self, max_batch: int = 1, max_dim: int = 256):

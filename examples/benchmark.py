@@ -1,0 +1,43 @@
+"""Benchmark IBNet against NeMo's QuartzNet on this machine: one table (markdown + JSON) and a plot.
+
+    python examples/benchmark.py                 # full run, results in ./benchmark_results/
+    python examples/benchmark.py --quick         # smoke test with tiny batches
+    python examples/benchmark.py --models "QuartzNet 5x5" "IBNet C=192" --output-dir /tmp/bench
+
+What is timed and how memory is measured: see ``ibnet_nemo/benchmark.py`` and docs/speed.md.
+"""
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from ibnet_nemo.benchmark import BASELINE, FULL, MODELS, QUICK, run_benchmark, write_report
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def main() -> None:
+    labels = [spec.label for spec in MODELS]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny batches and one or two rounds: a smoke test")
+    parser.add_argument("--models", nargs="+", choices=labels, default=labels,
+                        help=f"models to run; must include the baseline {BASELINE!r} (default: all)")
+    parser.add_argument("--threads", type=int, default=FULL.threads, help="torch threads (default: %(default)s)")
+    parser.add_argument("--output-dir", type=Path, default=Path("benchmark_results"),
+                        help="where benchmark.{md,json,png} go (default: %(default)s)")
+    parser.add_argument("--config-dir", type=Path, default=CONFIG_DIR, help="shipped configs (default: %(default)s)")
+    args = parser.parse_args()
+    if BASELINE not in args.models:
+        parser.error(f"--models must include the baseline {BASELINE!r}")
+
+    settings = dataclasses.replace(QUICK if args.quick else FULL, threads=args.threads)
+    specs = [spec for spec in MODELS if spec.label in args.models]
+    results = run_benchmark(args.config_dir, specs, settings)
+    paths = write_report(results, settings, args.output_dir)
+    print(paths["md"].read_text())
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+
+
+if __name__ == "__main__":
+    main()
