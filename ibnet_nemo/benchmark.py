@@ -31,7 +31,6 @@ import torch
 from omegaconf import open_dict
 from tqdm.auto import tqdm
 
-import ibnet_nemo  # noqa: F401  (registers the plugin so that IBNet configs build)
 
 __all__ = [
     "BASELINE",

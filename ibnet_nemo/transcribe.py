@@ -35,7 +35,6 @@ from nemo.collections.asr.parts.submodules.ctc_decoding import CTCDecodingConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-import ibnet_nemo  # noqa: F401  (registers the plugin so that IBNet .nemo files restore)
 from ibnet_nemo.data.manifest import read_manifest
 from ibnet_nemo.lm.arpa import BOS, EOS, UNK, read_arpa_unigrams
 
