@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,8 +54,12 @@ __all__ = [
 
 #: Suffix given to a ``*-last.ckpt`` found damaged before a resume (kept for inspection, never resumed).
 INCOMPLETE_SUFFIX = ".incomplete"
+#: Suffix given to a checkpoint written after the one a run resumes from (a future the run will redo).
+STALE_SUFFIX = ".stale"
 #: Files exp_manager resumes from (``resume_if_exists``).
 LAST_CHECKPOINT_GLOB = "*last.ckpt"
+#: Lightning's ``{epoch}`` in a checkpoint name (exp_manager's and the snapshots' templates both carry it).
+_EPOCH_IN_NAME = re.compile(r"epoch=(\d+)")
 #: Manifest names NeMo refuses for validation / test data (it names the logged metrics after the file).
 UNNAMEABLE_EVALUATION_MANIFESTS = ("manifest.json", "dataset.json")
 
@@ -122,7 +127,9 @@ def prepare_resume(checkpoint_dir: str | os.PathLike) -> Optional[Path]:
     full disk or a copy cut short (renamed to ``*.incomplete``); NeMo's ``-unfinished`` marker beside a complete
     file, which NeMo would delete at start-up (marker removed: with :class:`AtomicCheckpointIO` a file under its
     final name is complete); two complete ``*last.ckpt`` when the kill fell between writing the new one and
-    deleting the old one (the older is deleted, finishing that step).
+    deleting the old one (the older is deleted, finishing that step); a best or snapshot checkpoint of a later
+    epoch than the resumed one, when the kill fell between writing it and the new ``*last.ckpt`` (renamed to
+    ``*.stale``: the resumed run redoes that epoch and would otherwise keep both, the new one as ``-v1``).
 
     Returns:
         The checkpoint training will resume from, or ``None`` when there is none.
@@ -149,7 +156,20 @@ def prepare_resume(checkpoint_dir: str | os.PathLike) -> Optional[Path]:
     for superseded in complete[:-1]:
         print(f"Removing superseded checkpoint: {superseded}")
         superseded.unlink()
-    return complete[-1]
+    resume_from = complete[-1]
+    resume_epoch = _epoch_in_name(resume_from)
+    for checkpoint in checkpoint_dir.rglob("*.ckpt"):
+        epoch = _epoch_in_name(checkpoint)
+        if checkpoint != resume_from and None not in (epoch, resume_epoch) and epoch > resume_epoch:
+            stale = checkpoint.with_name(checkpoint.name + STALE_SUFFIX)
+            print(f"Setting aside a checkpoint newer than the one resumed from: {checkpoint} (moved to {stale.name})")
+            checkpoint.replace(stale)
+    return resume_from
+
+
+def _epoch_in_name(checkpoint: Path) -> Optional[int]:
+    match = _EPOCH_IN_NAME.search(checkpoint.name)
+    return int(match.group(1)) if match else None
 
 
 class NonFiniteLossGuard(Callback):

@@ -22,6 +22,7 @@ from ibnet_nemo.data.manifest import read_manifest, write_manifest
 from ibnet_nemo.data.manifest_check import ManifestCheckError
 from ibnet_nemo.training import (
     INCOMPLETE_SUFFIX,
+    STALE_SUFFIX,
     AtomicCheckpointIO,
     IBNetTrainingConfig,
     NonFiniteLossError,
@@ -100,10 +101,13 @@ def test_resume_after_sigkill_continues_steps_optimizer_and_schedule(tiny_data, 
     resumed_step = _load(resume_from)["global_step"]
     assert resumed_step in (4, 8)
 
-    # What a kill during a later write could leave: a truncated newer last checkpoint and a temporary file.
+    # What a kill during a later write could leave: a truncated newer last checkpoint, a temporary file, and a
+    # best checkpoint of a later epoch written just before the kill (the resumed run redoes that epoch).
     truncated = checkpoint_dir / "ibnet_c192--val_wer=0.5000-epoch=2-last.ckpt"
     truncated.write_bytes(resume_from.read_bytes()[:1000])
     (checkpoint_dir / f".{truncated.name}.x.partial").write_bytes(b"half")
+    later_best = checkpoint_dir / "ibnet_c192--val_wer=0.2500-epoch=2.ckpt"
+    later_best.write_bytes(resume_from.read_bytes())
 
     output = _run(command, cwd=tmp_path)
 
@@ -112,6 +116,8 @@ def test_resume_after_sigkill_continues_steps_optimizer_and_schedule(tiny_data, 
     # Lightning reports each validation with its global step: the second run goes on from the resumed one.
     assert f"global step {resumed_step}:" not in output and "global step 12:" in output
     assert (checkpoint_dir / (truncated.name + INCOMPLETE_SUFFIX)).exists()
+    assert f"Setting aside a checkpoint newer than the one resumed from: {later_best}" in output
+    assert (checkpoint_dir / (later_best.name + STALE_SUFFIX)).exists()
     assert not list(checkpoint_dir.glob("*.partial"))
     final = _load(_last_checkpoint(checkpoint_dir))
     assert (final["global_step"], final["epoch"]) == (12, 3)
@@ -183,13 +189,18 @@ def test_prepare_resume_picks_the_newest_complete_last_checkpoint(tmp_path):
     NeMoModelCheckpoint.format_checkpoint_unfinished_marker_path(new).touch()
     damaged.write_bytes(new.read_bytes()[:-10])
     (tmp_path / ".m--epoch=4-last.ckpt.abc.partial").write_bytes(b"x")
+    # Best checkpoints: one of the resumed epoch (kept), one of a later epoch that a kill left behind.
+    same_epoch_best, later_best = (tmp_path / f"m--val_wer=0.5-epoch={i}.ckpt" for i in (2, 3))
+    for best in (same_epoch_best, later_best):
+        io.save_checkpoint({"step": 2}, best)
     for age, path in enumerate((old, new, damaged)):
         path.touch()
         time.sleep(0.01 * (age + 1))
 
     assert not is_complete_checkpoint(damaged)
     assert prepare_resume(tmp_path) == new
-    assert sorted(p.name for p in tmp_path.iterdir()) == [new.name, damaged.name + INCOMPLETE_SUFFIX]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [new.name, damaged.name + INCOMPLETE_SUFFIX, same_epoch_best.name, later_best.name + STALE_SUFFIX])
     assert prepare_resume(tmp_path / "absent") is None
 
 
