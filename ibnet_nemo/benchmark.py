@@ -10,9 +10,13 @@ alike; each figure is the median over the rounds.
   RTFx = seconds of audio / seconds of compute.
 - Training step: train mode, the same forward, CTC loss and backward (no optimizer step), on random targets
   of 10 characters per second of audio.
-- Peak memory: the rise of the process's peak resident memory (``VmHWM``) over one training step, measured
-  in a fresh process per model after a warm-up step, with glibc told to hand every freed block of 64 KiB or
-  more back to the system (``MALLOC_MMAP_THRESHOLD_``), so that resident memory follows what is allocated.
+- Peak memory: on the CPU, the rise of the process's peak resident memory (``VmHWM``) over one training step,
+  measured in a fresh process per model after a warm-up step, with glibc told to hand every freed block of
+  64 KiB or more back to the system (``MALLOC_MMAP_THRESHOLD_``), so that resident memory follows what is
+  allocated. On a CUDA device, the rise of PyTorch's peak allocated device memory over the step.
+
+On a CUDA device every timed call ends with ``torch.cuda.synchronize()``; with ``autocast_dtype`` set, the
+forward (inference and training) runs under ``torch.autocast`` with that dtype, weights staying fp32.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ import os
 import re
 import statistics
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from omegaconf import open_dict
@@ -33,7 +38,9 @@ from tqdm.auto import tqdm
 
 
 __all__ = [
+    "AUTOCAST_DTYPES",
     "BASELINE",
+    "DEVICES",
     "FULL",
     "MODELS",
     "QUICK",
@@ -41,12 +48,15 @@ __all__ = [
     "BenchmarkSettings",
     "ModelSpec",
     "build_model",
+    "describe_device",
     "format_markdown",
     "run_benchmark",
     "write_report",
 ]
 
 CHARACTERS_PER_SECOND = 10  # random CTC targets; any length the encoder output can align works alike
+DEVICES = ("cpu", "cuda")
+AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -87,6 +97,9 @@ class BenchmarkSettings:
         inference_rounds: timed rounds per inference shape, after one untimed warm-up round.
         train_rounds: timed training rounds, after one untimed warm-up round.
         threads: ``torch.set_num_threads`` for the whole run.
+        device: ``"cpu"`` or ``"cuda"`` (Default: ``"cpu"``).
+        autocast_dtype: ``None`` for fp32, or a key of :data:`AUTOCAST_DTYPES` to run the forward under
+            ``torch.autocast`` (Default: ``None``).
     """
 
     inference_shapes: tuple[tuple[int, float], ...] = ((1, 20.0), (16, 10.0))
@@ -94,8 +107,16 @@ class BenchmarkSettings:
     inference_rounds: int = 5
     train_rounds: int = 3
     threads: int = 2
+    device: str = "cpu"
+    autocast_dtype: Optional[str] = None
 
     def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.autocast_dtype is not None and self.autocast_dtype not in AUTOCAST_DTYPES:
+            raise ValueError(
+                f"autocast_dtype must be None or one of {sorted(AUTOCAST_DTYPES)}, got {self.autocast_dtype!r}"
+            )
         for batch, seconds in (*self.inference_shapes, self.train_shape):
             if batch < 1 or seconds <= 0:
                 raise ValueError(f"a batch shape needs batch >= 1 and seconds > 0, got ({batch}, {seconds})")
@@ -148,24 +169,44 @@ def _audio_batch(batch: int, seconds: float, sample_rate: int) -> tuple[torch.Te
     return audio, torch.full((batch,), samples, dtype=torch.int64)
 
 
-def _inference_seconds(model, audio: torch.Tensor, lengths: torch.Tensor) -> float:
-    with torch.inference_mode():
+def _autocast(settings: BenchmarkSettings):
+    if settings.autocast_dtype is None:
+        return nullcontext()
+    return torch.autocast(settings.device, dtype=AUTOCAST_DTYPES[settings.autocast_dtype])
+
+
+def _synchronize(settings: BenchmarkSettings) -> None:
+    if settings.device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _inference_seconds(model, audio: torch.Tensor, lengths: torch.Tensor, settings: BenchmarkSettings) -> float:
+    with torch.inference_mode(), _autocast(settings):
+        _synchronize(settings)
         start = time.perf_counter()
         model(input_signal=audio, input_signal_length=lengths)
+        _synchronize(settings)
         return time.perf_counter() - start
 
 
-def _train_step(model, audio: torch.Tensor, lengths: torch.Tensor, seconds: float) -> float:
+def _train_step(
+    model, audio: torch.Tensor, lengths: torch.Tensor, seconds: float, settings: BenchmarkSettings
+) -> float:
     """One forward + CTC loss + backward in train mode; returns its wall-clock seconds."""
     batch = audio.shape[0]
     target_length = max(1, int(seconds * CHARACTERS_PER_SECOND))
     generator = torch.Generator().manual_seed(0)
     targets = torch.randint(0, model.decoder.num_classes_with_blank - 1, (batch, target_length), generator=generator)
-    target_lengths = torch.full((batch,), target_length, dtype=torch.int64)
+    targets, target_lengths = targets.to(audio.device), torch.full((batch,), target_length, device=audio.device)
+    _synchronize(settings)
     start = time.perf_counter()
-    log_probs, encoded_len, _ = model(input_signal=audio, input_signal_length=lengths)
-    loss = model.loss(log_probs=log_probs, targets=targets, input_lengths=encoded_len, target_lengths=target_lengths)
+    with _autocast(settings):  # forward and loss, as Lightning's mixed precision runs a training step
+        log_probs, encoded_len, _ = model(input_signal=audio, input_signal_length=lengths)
+        loss = model.loss(
+            log_probs=log_probs, targets=targets, input_lengths=encoded_len, target_lengths=target_lengths
+        )
     loss.backward()
+    _synchronize(settings)
     elapsed = time.perf_counter() - start
     model.zero_grad(set_to_none=True)
     return elapsed
@@ -182,11 +223,20 @@ def _train_peak_mib(config_dir: str, spec: ModelSpec, settings: BenchmarkSetting
     model = build_model(config_dir, spec).train()
     batch, seconds = settings.train_shape
     audio, lengths = _audio_batch(batch, seconds, model.cfg.sample_rate)
-    _train_step(model, audio, lengths, seconds)
+    _train_step(model, audio, lengths, seconds, settings)
     before = _resident_mib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident size
-    _train_step(model, audio, lengths, seconds)
+    _train_step(model, audio, lengths, seconds, settings)
     return _resident_mib("VmHWM") - before
+
+
+def _cuda_train_peak_mib(model, audio: torch.Tensor, lengths: torch.Tensor, settings: BenchmarkSettings) -> float:
+    """Peak allocated device memory rise over one training step (after the timed ones: a warm model)."""
+    seconds = settings.train_shape[1]
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    _train_step(model, audio, lengths, seconds, settings)
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
 
 
 def _measure_peak_memory(config_dir: str, spec: ModelSpec, settings: BenchmarkSettings) -> float:
@@ -235,7 +285,9 @@ def run_benchmark(
         raise ValueError(f"model labels must be unique, got {labels}")
     torch.set_num_threads(settings.threads)
     config_dir = str(config_dir)
-    models = {spec.label: build_model(config_dir, spec) for spec in tqdm(specs, desc="building models")}
+    models = {
+        spec.label: build_model(config_dir, spec).to(settings.device) for spec in tqdm(specs, desc="building models")
+    }
     results = {
         label: BenchmarkResult(label, spec.config_name, sum(p.numel() for p in model.parameters()))
         for spec, (label, model) in zip(specs, models.items())
@@ -245,26 +297,39 @@ def run_benchmark(
     inference_models = {spec.label: models[spec.label].eval() for spec in specs if spec.inference}
     for batch, seconds in settings.inference_shapes:
         key = shape_key(batch, seconds)
-        audio, lengths = _audio_batch(batch, seconds, sample_rate)
+        audio, lengths = (t.to(settings.device) for t in _audio_batch(batch, seconds, sample_rate))
         medians = _interleaved_medians(
             inference_models,
             settings.inference_rounds,
-            lambda model: _inference_seconds(model, audio, lengths),
+            lambda model: _inference_seconds(model, audio, lengths, settings),
             f"inference {key}",
         )
         for label, median in medians.items():
             results[label].rtfx[key] = batch * seconds / median
 
     batch, seconds = settings.train_shape
-    audio, lengths = _audio_batch(batch, seconds, sample_rate)
+    audio, lengths = (t.to(settings.device) for t in _audio_batch(batch, seconds, sample_rate))
     train_models = {label: model.train() for label, model in models.items()}
     medians = _interleaved_medians(
-        train_models, settings.train_rounds, lambda model: _train_step(model, audio, lengths, seconds), "training step"
+        train_models,
+        settings.train_rounds,
+        lambda model: _train_step(model, audio, lengths, seconds, settings),
+        "training step",
     )
-    for spec in tqdm(specs, desc="peak memory (a process each)"):
+    for spec in tqdm(specs, desc="peak memory"):
         results[spec.label].train_step_s = medians[spec.label]
-        results[spec.label].train_peak_mib = _measure_peak_memory(config_dir, spec, settings)
+        if settings.device == "cuda":
+            peak = _cuda_train_peak_mib(models[spec.label], audio, lengths, settings)
+        else:
+            peak = _measure_peak_memory(config_dir, spec, settings)
+        results[spec.label].train_peak_mib = peak
     return [results[label] for label in labels]
+
+
+def describe_device(settings: BenchmarkSettings) -> str:
+    """Where the run measures, e.g. ``"2 CPU threads, fp32"`` or ``"NVIDIA H200, bfloat16 autocast"``."""
+    where = torch.cuda.get_device_name() if settings.device == "cuda" else f"{settings.threads} CPU threads"
+    return f"{where}, {settings.autocast_dtype + ' autocast' if settings.autocast_dtype else 'fp32'}"
 
 
 def format_markdown(results: Sequence[BenchmarkResult], settings: BenchmarkSettings, baseline: str = BASELINE) -> str:
@@ -283,7 +348,7 @@ def format_markdown(results: Sequence[BenchmarkResult], settings: BenchmarkSetti
         for key in keys:
             rtfx = result.rtfx.get(key)
             cells.append("- (training only)" if rtfx is None else f"{rtfx:.1f} ({rtfx / base.rtfx[key]:.2f})")
-        cells.append(f"{result.train_step_s:.2f} s ({result.train_step_s / base.train_step_s:.2f})")
+        cells.append(f"{result.train_step_s:.3g} s ({result.train_step_s / base.train_step_s:.2f})")
         cells.append(f"{result.train_peak_mib:.0f} ({result.train_peak_mib / base.train_peak_mib:.2f})")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -306,7 +371,7 @@ def _plot(results: Sequence[BenchmarkResult], settings: BenchmarkSettings, path:
     axes.margins(x=0.15)  # room for the labels
     axes.set_xlabel("parameters (millions)")
     axes.set_ylabel("RTFx (audio seconds per compute second)")
-    axes.set_title(f"Inference throughput, full model from audio, {settings.threads} CPU threads")
+    axes.set_title(f"Inference throughput, full model from audio, {describe_device(settings)}")
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
@@ -324,7 +389,7 @@ def write_report(
     paths = {kind: output_dir / f"benchmark.{kind}" for kind in ("md", "json", "png")}
     paths["md"].write_text(format_markdown(results, settings))
     paths["json"].write_text(
-        json.dumps({"settings": asdict(settings), "torch": torch.__version__,
+        json.dumps({"settings": asdict(settings), "torch": torch.__version__, "device": describe_device(settings),
                     "results": [asdict(result) for result in results]}, indent=2) + "\n"
     )
     _plot(results, settings, paths["png"])

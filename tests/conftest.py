@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 import ibnet_nemo  # noqa: F401  (registers the plugin in the test process)
 from ibnet_nemo.data.manifest import write_manifest
@@ -28,6 +29,18 @@ def compose(config_name: str, overrides: list[str] | None = None):
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         return hydra_compose(config_name=config_name, overrides=overrides or [])
+
+
+def randomize_batchnorm(module: torch.nn.Module, seed: int = 0) -> None:
+    """Non-trivial running statistics and affine parameters, so that folding them in is really tested."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for bn in (m for m in module.modules() if isinstance(m, torch.nn.BatchNorm1d)):
+            size = bn.num_features
+            bn.running_mean.copy_(0.5 * torch.randn(size, generator=generator))
+            bn.running_var.copy_(0.5 + torch.rand(size, generator=generator))
+            bn.weight.copy_(1 + 0.3 * torch.randn(size, generator=generator))
+            bn.bias.copy_(0.3 * torch.randn(size, generator=generator))
 
 
 def _utterance(text: str, rng: np.random.Generator) -> np.ndarray:

@@ -13,30 +13,25 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIG_DIR
+from conftest import CONFIG_DIR, randomize_batchnorm
 
-from ibnet_nemo.benchmark import BenchmarkSettings, ModelSpec, build_model, run_benchmark, write_report
+from ibnet_nemo.benchmark import (
+    BenchmarkSettings,
+    ModelSpec,
+    build_model,
+    describe_device,
+    run_benchmark,
+    write_report,
+)
 from ibnet_nemo.modules import IBNetEncoder
 from ibnet_nemo.parts.blocks import ConvBN, ConvBNAct, IBBlock, InvertedBottleneck, make_mask
 
 TINY_IBNET = ("model.encoder.C=16", "model.encoder.repeat=1")
 
 
-def _randomize_batchnorm(module: torch.nn.Module, seed: int = 0) -> None:
-    """Non-trivial running statistics and affine parameters, so that folding them in is really tested."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for bn in (m for m in module.modules() if isinstance(m, torch.nn.BatchNorm1d)):
-            size = bn.num_features
-            bn.running_mean.copy_(0.5 * torch.randn(size, generator=generator))
-            bn.running_var.copy_(0.5 + torch.rand(size, generator=generator))
-            bn.weight.copy_(1 + 0.3 * torch.randn(size, generator=generator))
-            bn.bias.copy_(0.3 * torch.randn(size, generator=generator))
-
-
 def _fast_and_reference(module: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
     """``module`` (BatchNorm randomized) with the fast path on, and a deep copy running the reference path."""
-    _randomize_batchnorm(module)
+    randomize_batchnorm(module)
     reference = copy.deepcopy(module)
     for fast, m in ((True, module), (False, reference)):
         for conv in (c for c in m.modules() if isinstance(c, ConvBN)):
@@ -150,7 +145,7 @@ def test_folded_weights_follow_every_change_of_the_weights():
 
     # load_state_dict: weights of another model
     other = _encoder(seed=1)
-    _randomize_batchnorm(other, seed=1)
+    randomize_batchnorm(other, seed=1)
     encoder.load_state_dict(other.state_dict())
     _assert_fast_matches_reference(encoder, x, lengths)
 
@@ -174,7 +169,7 @@ def test_folded_weights_follow_every_change_of_the_weights():
 
 def test_checkpoint_blocks_gives_the_same_gradients_and_running_statistics():
     plain = _encoder(dropout=0.2).train()
-    _randomize_batchnorm(plain)
+    randomize_batchnorm(plain)
     checkpointed = copy.deepcopy(plain)
     checkpointed.checkpoint_blocks = True
     x, lengths = _features()
@@ -234,7 +229,7 @@ def test_restored_model_fast_and_reference_agree_with_identical_greedy_transcrip
     from ibnet_nemo.data.manifest import read_manifest
 
     model = build_model(CONFIG_DIR, ModelSpec("tiny IBNet", "ibnet_c192", TINY_IBNET)).eval()
-    _randomize_batchnorm(model.encoder)
+    randomize_batchnorm(model.encoder)
     model.save_to(str(tmp_path / "tiny.nemo"))
     restored = EncDecCTCModel.restore_from(str(tmp_path / "tiny.nemo"), map_location="cpu").eval()
     assert restored.encoder.fast
@@ -282,3 +277,12 @@ def test_benchmark_writes_a_consistent_table_json_and_plot(tmp_path):
     assert [r["label"] for r in saved["results"]] == [s.label for s in specs]
     assert saved["results"][1]["train_step_s"] == ibnet.train_step_s
     assert paths["png"].read_bytes().startswith(b"\x89PNG")
+
+
+def test_benchmark_settings_name_a_bad_device_or_dtype():
+    with pytest.raises(ValueError, match="device must be one of"):
+        BenchmarkSettings(device="tpu")
+    with pytest.raises(ValueError, match="autocast_dtype must be None or one of"):
+        BenchmarkSettings(autocast_dtype="int8")
+    assert describe_device(BenchmarkSettings(threads=3)) == "3 CPU threads, fp32"
+    assert describe_device(BenchmarkSettings(autocast_dtype="bfloat16")) == "2 CPU threads, bfloat16 autocast"
