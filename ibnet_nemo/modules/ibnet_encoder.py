@@ -84,8 +84,9 @@ class IBNetEncoder(NeuralModule, Exportable):
         activation: ``relu``, ``relu6``, ``silu`` or ``gelu`` (Default: ``"relu"``).
         blocks: explicit layout, a list of ``{type: conv | ib, filters, kernel, ...}`` entries that replaces
             the one ``C``, ``repeat``, ``kernels`` and ``c2_dilation`` describe (Default: ``None``).
-        fast: run the time-major fast path; ``False`` runs plain ``Conv1d`` + ``BatchNorm1d``, same weights,
-            same results (Default: ``True``).
+        fast: run the fast path (time-major on the CPU, folded BatchNorm in eval mode on the CPU and on a GPU,
+            see :class:`~ibnet_nemo.parts.blocks.ConvBN`); ``False`` runs plain ``Conv1d`` + ``BatchNorm1d``, same
+            weights, same results (Default: ``True``).
         init_mode: weight initialisation, as in ``ConvASREncoder`` (Default: ``"xavier_uniform"``).
         checkpoint_blocks: in training, keep only each block's input for backward and recompute the block's
             activations there: less memory for about one more forward pass per step. Gradients and BatchNorm

@@ -112,7 +112,8 @@ class ConvBN(nn.Module):
         stride: time stride (Default: ``1``).
         dilation: kernel dilation (Default: ``1``).
         groups: ``1`` for a full convolution, ``in_channels`` for a depth-wise one (Default: ``1``).
-        fast: compute with the time-major fast path; ``False`` runs the modules as they are (Default: ``True``).
+        fast: on the CPU, compute with the time-major fast path; on a GPU, fold BatchNorm into the convolution in
+            eval mode; ``False`` runs the modules as they are everywhere (Default: ``True``).
     """
 
     def __init__(
@@ -146,14 +147,15 @@ class ConvBN(nn.Module):
         return super().train(mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """`(B, C_in, T)` to `(B, C_out, ceil(T / stride))`; the fast path returns time-major storage."""
-        if not self.fast or (x.is_cuda and self.training):
+        """`(B, C_in, T)` to `(B, C_out, ceil(T / stride))`; the CPU fast path returns time-major storage."""
+        on_cpu = x.device.type == "cpu"
+        if not self.fast or (self.training and not on_cpu):
             return self.bn(self.conv(x))
         weight, bias = self._folded_weight() if not self.training else (self.conv.weight, None)
         conv = self.conv
-        if x.is_cuda:
-            # cuDNN's own convolutions are fast on a GPU (and follow its TF32 setting, as NeMo's convolutions do):
-            # there only the folded BatchNorm is kept.
+        if not on_cpu:
+            # A GPU's own convolutions are fast (and follow cuDNN's TF32 setting, as NeMo's convolutions do): there
+            # only the folded BatchNorm is kept.
             return F.conv1d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
         if conv.kernel_size[0] == 1 and conv.stride[0] == 1 and conv.groups == 1:
             y = F.linear(x.transpose(1, 2), weight.squeeze(2), bias)  # (B, T, C_out)
