@@ -31,6 +31,17 @@ def compose(config_name: str, overrides: list[str] | None = None):
         return hydra_compose(config_name=config_name, overrides=overrides or [])
 
 
+def data_overrides(tiny_data: dict[str, Path], batch_size: int = 4) -> list[str]:
+    """Hydra overrides that point a shipped config at :func:`tiny_data` and load it in the test process."""
+    return [
+        f"model.train_ds.manifest_filepath={tiny_data['train']}",
+        f"model.validation_ds.manifest_filepath={tiny_data['val']}",
+        f"model.train_ds.batch_size={batch_size}",
+        "model.train_ds.num_workers=0",
+        "model.validation_ds.num_workers=0",
+    ]
+
+
 def randomize_batchnorm(module: torch.nn.Module, seed: int = 0) -> None:
     """Non-trivial running statistics and affine parameters, so that folding them in is really tested."""
     generator = torch.Generator().manual_seed(seed)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import CONFIG_DIR, compose, randomize_batchnorm
+from conftest import CONFIG_DIR, compose, data_overrides, randomize_batchnorm
 from nemo.collections.asr.models import EncDecCTCModel
 
 from ibnet_nemo.benchmark import BenchmarkSettings, ModelSpec, build_model, run_benchmark
@@ -117,12 +117,7 @@ def test_bf16_autocast_stays_close_to_the_fp32_reference_and_trains():
 
 def test_bf16_mixed_training_through_nemo_lowers_the_loss(tiny_data):
     pl.seed_everything(0)
-    overrides = [
-        f"model.train_ds.manifest_filepath={tiny_data['train']}",
-        f"model.validation_ds.manifest_filepath={tiny_data['val']}",
-        "model.train_ds.batch_size=16",
-        "model.train_ds.num_workers=0",
-        "model.validation_ds.num_workers=0",
+    overrides = data_overrides(tiny_data, batch_size=16) + [
         "augment=none",
         "model.preprocessor.dither=0.0",
         "model.optim.name=adamw",

@@ -12,20 +12,10 @@ import yaml
 from nemo.collections.asr.metrics.wer import word_error_rate
 from nemo.collections.asr.models import EncDecCTCModel
 
-from conftest import CONFIG_DIR, REPO, SHIPPED_CONFIGS, compose
+from conftest import CONFIG_DIR, REPO, SHIPPED_CONFIGS, compose, data_overrides
 from ibnet_nemo.data.manifest import read_manifest
 
 SMALL_IBNET = ["model.encoder.C=32", "model.encoder.repeat=1", "model.encoder.kernels=[11,11,11,13,13,15,15]"]
-
-
-def _data_overrides(tiny_data, batch_size=4):
-    return [
-        f"model.train_ds.manifest_filepath={tiny_data['train']}",
-        f"model.validation_ds.manifest_filepath={tiny_data['val']}",
-        f"model.train_ds.batch_size={batch_size}",
-        "model.train_ds.num_workers=0",
-        "model.validation_ds.num_workers=0",
-    ]
 
 
 def _fit(cfg, max_steps):
@@ -68,7 +58,7 @@ def test_shipped_configs_differ_only_in_the_encoder_block():
 @pytest.mark.parametrize("name", SHIPPED_CONFIGS)
 def test_each_shipped_yaml_trains_through_nemos_data_loader(name, tiny_data):
     pl.seed_everything(0)
-    cfg = compose(name, _data_overrides(tiny_data) + ["augment=none"])
+    cfg = compose(name, data_overrides(tiny_data) + ["augment=none"])
     model = EncDecCTCModel(cfg=cfg.model)
     before = {k: v.clone() for k, v in model.encoder.state_dict().items() if v.is_floating_point()}
     model, trainer = _fit(cfg, max_steps=2)
@@ -82,7 +72,7 @@ def test_each_shipped_yaml_trains_through_nemos_data_loader(name, tiny_data):
 def overfit_model(tiny_data):
     """A small IBNet trained on the tiny training set until it transcribes it."""
     pl.seed_everything(0)
-    overrides = _data_overrides(tiny_data, batch_size=16) + SMALL_IBNET + [
+    overrides = data_overrides(tiny_data, batch_size=16) + SMALL_IBNET + [
         "augment=none",
         "model.preprocessor.dither=0.0",
         "model.optim.name=adamw",
