@@ -62,7 +62,7 @@ class DemoModel:
 
 
 #: The two models the demo compares, with the learning rates of the sweep (docs/demo.md).
-DEMO_MODELS = (DemoModel("ibnet", "demo_ibnet", 3e-3), DemoModel("quartznet", "demo_quartznet", 3e-3))
+DEMO_MODELS = (DemoModel("ibnet", "demo_ibnet", 6e-3), DemoModel("quartznet", "demo_quartznet", 6e-3))
 
 
 @dataclass(frozen=True)
