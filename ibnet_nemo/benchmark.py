@@ -161,12 +161,14 @@ def build_model(config_dir: str | os.PathLike, spec: ModelSpec):
     return EncDecCTCModel(cfg=cfg.model)
 
 
-def _audio_batch(batch: int, seconds: float, sample_rate: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Deterministic noise-like audio `(B, samples)` and its `(B,)` lengths (all full)."""
+def _audio_batch(
+    batch: int, seconds: float, sample_rate: int, device: str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic noise-like audio `(B, samples)` and its `(B,)` lengths (all full), on ``device``."""
     generator = torch.Generator().manual_seed(batch * 1000 + int(seconds * 10))
     samples = int(seconds * sample_rate)
     audio = 0.1 * torch.randn(batch, samples, generator=generator)
-    return audio, torch.full((batch,), samples, dtype=torch.int64)
+    return audio.to(device), torch.full((batch,), samples, dtype=torch.int64, device=device)
 
 
 def _autocast(settings: BenchmarkSettings):
@@ -297,7 +299,7 @@ def run_benchmark(
     inference_models = {spec.label: models[spec.label].eval() for spec in specs if spec.inference}
     for batch, seconds in settings.inference_shapes:
         key = shape_key(batch, seconds)
-        audio, lengths = (t.to(settings.device) for t in _audio_batch(batch, seconds, sample_rate))
+        audio, lengths = _audio_batch(batch, seconds, sample_rate, settings.device)
         medians = _interleaved_medians(
             inference_models,
             settings.inference_rounds,
@@ -308,7 +310,7 @@ def run_benchmark(
             results[label].rtfx[key] = batch * seconds / median
 
     batch, seconds = settings.train_shape
-    audio, lengths = (t.to(settings.device) for t in _audio_batch(batch, seconds, sample_rate))
+    audio, lengths = _audio_batch(batch, seconds, sample_rate, settings.device)
     train_models = {label: model.train() for label, model in models.items()}
     medians = _interleaved_medians(
         train_models,
