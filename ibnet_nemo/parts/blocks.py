@@ -10,8 +10,9 @@ Speed: every convolution is a :class:`ConvBN`, whose fast path keeps activations
 CPU (`(B, C, T)` shape, `(B, T, C)` storage). There a point-wise convolution is one matrix product and a
 depth-wise one is PyTorch's channels-last ``conv2d``, about 25x faster on CPU than ``conv1d`` for IBNet's
 long kernels. In eval mode BatchNorm is folded into the convolution's weights (cached while no parameter or
-running statistic changes), on the CPU and on a GPU, where the convolutions stay cuDNN's. ``fast=False`` computes the same thing with plain ``nn.Conv1d`` +
-``nn.BatchNorm1d``: the reference the tests hold the fast path to.
+running statistic changes), on the CPU and on a GPU, where the convolutions stay cuDNN's. ``fast=False``
+computes the same thing with plain ``nn.Conv1d`` + ``nn.BatchNorm1d``: the reference the tests hold the fast
+path to.
 """
 
 from __future__ import annotations
