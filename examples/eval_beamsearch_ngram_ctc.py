@@ -13,8 +13,8 @@ import sys
 
 from nemo.core.config import hydra_runner
 
-from ibnet_nemo.lm.grid_search import GridSearchConfig, run_grid_search
-from ibnet_nemo.transcribe import run_script
+from ibnet_nemo.cli import run_script
+from ibnet_nemo.grid_search import GridSearchConfig, run_grid_search
 
 
 @hydra_runner(config_name="GridSearchConfig", schema=GridSearchConfig)

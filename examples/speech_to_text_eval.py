@@ -12,8 +12,8 @@ import sys
 
 from nemo.core.config import hydra_runner
 
+from ibnet_nemo.cli import run_script
 from ibnet_nemo.evaluate import EvaluationConfig, run_evaluation
-from ibnet_nemo.transcribe import run_script
 
 
 @hydra_runner(config_name="EvaluationConfig", schema=EvaluationConfig)

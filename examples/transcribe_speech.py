@@ -14,7 +14,8 @@ import sys
 
 from nemo.core.config import hydra_runner
 
-from ibnet_nemo.transcribe import TranscriptionConfig, run_script, run_transcription
+from ibnet_nemo.cli import run_script
+from ibnet_nemo.transcribe import TranscriptionConfig, run_transcription
 
 
 @hydra_runner(config_name="TranscriptionConfig", schema=TranscriptionConfig)

@@ -18,11 +18,12 @@ import soundfile as sf
 
 from ibnet_nemo.data.manifest import read_manifest
 from ibnet_nemo.demo.augment import SAMPLE_RATE, add_noise, telephone_band
-from ibnet_nemo.demo.corpus import SPLITS, CorpusSpec, build_corpus
+from ibnet_nemo.demo.corpus import SPLITS, TEST_SPLITS, CorpusSpec, build_corpus
 from ibnet_nemo.demo.install import missing_apt_packages
-from ibnet_nemo.demo.pipeline import DemoSettings, run_demo
+from ibnet_nemo.demo.pipeline import run_demo
 from ibnet_nemo.demo.real_speech import build_real_test_set, read_prompt_transcripts
 from ibnet_nemo.demo.report import Result, format_table
+from ibnet_nemo.demo.settings import DECODINGS, DEMO_MODELS, DemoModel, DemoSettings
 from ibnet_nemo.demo.synthesis import HELDOUT_VOICES, TRAIN_VOICES, Voice, missing_engines
 from ibnet_nemo.demo.vocabulary import VOCABULARY, random_transcript, spoken_form, task_sentences
 
@@ -129,6 +130,22 @@ def test_result_records_and_table():
     assert [cell.strip() for cell in table[2].split(" | ")] == [
         "ibnet", "674k", "7.5 (6.0)", "1000", "5.0% (10)", "4.0% (10)", "12.5% (10)", "-"
     ]  # fmt: skip
+
+
+def test_settings_refuse_what_would_fail_after_training(tmp_path):
+    """A model name the results cannot hold, or an LM order the LM builder refuses, fails when the settings are
+    made, before a corpus is built or a model trained; every name the settings accept, a result accepts."""
+    with pytest.raises(ValueError, match=r"name 'conformer' is not one of the demo's models \('ibnet', 'quartznet'\)"):
+        DemoSettings(output_dir=tmp_path, models=(DemoModel("conformer", "demo_ibnet", 6e-3),))
+    with pytest.raises(ValueError, match="lm_order must be >= 2, got 1"):
+        DemoSettings(output_dir=tmp_path, lm_order=1)
+    with pytest.raises(ValueError, match="model names must be unique"):
+        DemoSettings(output_dir=tmp_path, models=DEMO_MODELS[:1] * 2)
+    for model in DEMO_MODELS:
+        assert DemoSettings(models=(model,)).models == (model,)
+        for test_set in TEST_SPLITS:
+            for decoding in DECODINGS:
+                assert Result(model.name, 1, 1.0, 1.0, 1, test_set, decoding.name, 5.0, 3).model == model.name
 
 
 @pytest.fixture(scope="module")

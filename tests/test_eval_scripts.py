@@ -1,6 +1,6 @@
 """The inference scripts end to end, each in a subprocess as a user runs it, on generated audio and a tiny
 (untrained, saved) IBNet model: transcribe (folder with a broken file; one file with the LM), evaluate, the
-LM grid search with its log-probs cache, and bad options."""
+LM grid search with its log-probs cache, and bad options; and the evaluation layer the last two share."""
 
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ from nemo.collections.asr.models import EncDecCTCModel
 from nemo.collections.asr.parts.submodules.ctc_decoding import CTCDecodingConfig
 
 from ibnet_nemo.data.manifest import read_manifest
+from ibnet_nemo.evaluate import decode_and_score, error_rates, manifest_log_probs, transcript_records
+from ibnet_nemo.grid_search import cache_key, compute_or_load_log_probs
+from ibnet_nemo.inference import decode_log_probs, iter_log_probs, load_model, set_decoding
 from ibnet_nemo.lm.arpa import build_arpa
-from ibnet_nemo.lm.grid_search import cache_key, compute_or_load_log_probs
-from ibnet_nemo.transcribe import decode_log_probs, iter_log_probs, load_model, set_decoding
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +104,28 @@ def test_evaluation_prints_and_writes_nemo_word_error_rate(nemo_file, tiny_data,
     metrics = json.loads((tmp_path / "dev_transcripts_metrics.json").read_text())
     assert (metrics["wer"], metrics["cer"], metrics["scored"], metrics["failed"]) == (wer, cer, 6, 0)
     assert f"Metrics: {tmp_path / 'dev_transcripts_metrics.json'}" in run.stdout
+
+
+def test_evaluation_layer_decodes_one_acoustic_pass_several_ways(nemo_file, lm, tiny_data, tmp_path):
+    records = list(read_manifest(tiny_data["val"]))[:3] + [{"audio_filepath": str(tmp_path / "gone.wav"), "text": "no"}]
+    references = [record["text"] for record in records]
+    model = load_model(nemo_file, cuda=-1)
+    log_probs, errors = manifest_log_probs(model, records, batch_size=2)
+    assert errors == ["", "", "", "file not found"] and log_probs[3] is None
+    decodings = {"greedy": {"strategy": "greedy_batch"},
+                 "lm": {"strategy": "pyctcdecode", "beam": {"beam_size": 8, "ngram_lm_model": str(lm),
+                                                            "ngram_lm_alpha": 2.0, "beam_beta": 0.5}}}
+    scores = decode_and_score(model, log_probs, references, decodings, batch_size=2)
+
+    assert list(scores) == ["greedy", "lm"]
+    for name, decoding in decodings.items():
+        set_decoding(model, decoding)
+        expected = decode_log_probs(model, log_probs[:3])  # one batch: decoding in batches of 2 changes nothing
+        assert scores[name].texts == expected + [None]
+        assert (scores[name].wer, scores[name].cer) == error_rates(expected, references[:3])
+    assert transcript_records(records, scores["lm"].texts, errors) == (
+        [{**record, "pred_text": text} for record, text in zip(records[:3], scores["lm"].texts)]
+        + [{**records[3], "error": "file not found"}])
 
 
 def test_grid_search_finds_the_best_setting_and_caches_log_probs(nemo_file, lm, tiny_data, tmp_path):

@@ -1,4 +1,4 @@
-"""Safety (issue 6): the plugin widens NeMo's ``_target_`` allow-list by its own class only, and nothing in the
+"""Safety: the plugin widens NeMo's ``_target_`` allow-list by its own class only, and nothing in the
 package unpickles files on the user's behalf."""
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from nemo.core.classes.modelPT import ModelPT
 from omegaconf import OmegaConf
 
 import ibnet_nemo
-from ibnet_nemo.lm.grid_search import compute_or_load_log_probs
+from ibnet_nemo.grid_search import compute_or_load_log_probs
 
 # Outside classes and callables a hostile config could name: system access, a Python builtin, and plugin code
 # that is importable but was never granted.
 FOREIGN_TARGETS = ("os.system", "subprocess.Popen", "builtins.eval", "ibnet_nemo.parts.blocks.ConvBN",
-                   "ibnet_nemo.transcribe.load_model")
+                   "ibnet_nemo.inference.load_model")
 
 
 def _tiny_config():

@@ -1,4 +1,4 @@
-"""Robust transcription (issue 6): one record per input, every broken-input kind named, other formats converted,
+"""Robust transcription: one record per input, every broken-input kind named, other formats converted,
 batch neighbours unaffected, interrupted output never looks complete, NeMo's LM decoding changes the result."""
 
 from __future__ import annotations
@@ -12,18 +12,12 @@ import soundfile as sf
 import torch
 from conftest import SAMPLE_RATE, compose
 
-from ibnet_nemo.data.manifest import read_manifest, write_manifest
-from ibnet_nemo.lm.arpa import build_arpa
 from ibnet_nemo import transcribe as transcribe_module
-from ibnet_nemo.transcribe import (
-    AudioError,
-    decode_log_probs,
-    input_records,
-    iter_log_probs,
-    load_audio,
-    set_decoding,
-    transcribe,
-)
+from ibnet_nemo.audio import AudioError, load_audio
+from ibnet_nemo.data.manifest import read_manifest, write_manifest
+from ibnet_nemo.inference import decode_log_probs, iter_log_probs, set_decoding
+from ibnet_nemo.lm.arpa import build_arpa
+from ibnet_nemo.transcribe import input_records, transcribe
 from nemo.collections.asr.models import EncDecCTCModel
 from nemo.collections.asr.parts.submodules.ctc_decoding import CTCDecodingConfig
 

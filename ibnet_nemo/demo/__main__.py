@@ -6,7 +6,8 @@ from pathlib import Path
 
 from ibnet_nemo.demo.corpus import CorpusSpec
 from ibnet_nemo.demo.install import ensure_requirements
-from ibnet_nemo.demo.pipeline import DemoSettings, run_demo
+from ibnet_nemo.demo.pipeline import run_demo
+from ibnet_nemo.demo.settings import DemoSettings
 
 
 def main() -> None:

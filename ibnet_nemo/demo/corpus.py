@@ -20,10 +20,14 @@ from ibnet_nemo.demo.real_speech import ASTERISK_SOUNDS, ASTERISK_TRANSCRIPTS, b
 from ibnet_nemo.demo.synthesis import HELDOUT_VOICES, TRAIN_VOICES, Utterance, Voice, synthesize
 from ibnet_nemo.demo.vocabulary import random_transcript, spoken_form
 
-__all__ = ["SPLITS", "CorpusSpec", "build_corpus"]
+__all__ = ["REAL_TEST_SET", "SPLITS", "TEST_SPLITS", "CorpusSpec", "build_corpus"]
 
+#: The test set of real human recordings, by its name in the results.
+REAL_TEST_SET = "real_human"
+#: Test-set name in the results -> its manifest split: voices held out of training, and real recordings.
+TEST_SPLITS = {name: f"test_{name}" for name in ("synthetic_heldout", REAL_TEST_SET)}
 #: Manifest names (``<split>.json``) the corpus writes.
-SPLITS = ("train", "val", "test_synthetic_heldout", "test_real_human")
+SPLITS = ("train", "val", *TEST_SPLITS.values())
 _CHUNK = 48  # utterances per engine call batch: festival pays its start-up once per chunk
 
 

@@ -8,21 +8,24 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ibnet_nemo.demo.corpus import TEST_SPLITS
+from ibnet_nemo.demo.settings import DECODINGS, DEMO_MODELS, DemoSettings
+
 __all__ = [
-    "DECODINGS",
-    "MODELS",
-    "TEST_SETS",
     "Result",
     "format_table",
     "plot_validation_curves",
+    "read_last_step",
     "read_validation_curve",
     "write_results",
 ]
 
-#: Allowed values of :attr:`Result.model`, :attr:`Result.test_set` and :attr:`Result.decoding`.
-MODELS = ("ibnet", "quartznet")
-TEST_SETS = ("synthetic_heldout", "real_human")
-DECODINGS = ("greedy", "lm")
+# Allowed values of the name fields of a Result.
+_NAMES = {
+    "model": tuple(model.name for model in DEMO_MODELS),
+    "test_set": tuple(TEST_SPLITS),
+    "decoding": tuple(decoding.name for decoding in DECODINGS),
+}
 
 
 @dataclass(frozen=True)
@@ -30,13 +33,13 @@ class Result:
     """One WER measurement of the demo.
 
     Args:
-        model: one of :data:`MODELS`.
+        model: the name of one of :data:`~ibnet_nemo.demo.settings.DEMO_MODELS`.
         params: trainable parameters of the whole CTC model.
         train_minutes: wall-clock minutes of its training command.
         train_cpu_minutes: CPU minutes of that command (user + system): its wall time on idle cores.
         train_steps: optimizer steps trained.
-        test_set: one of :data:`TEST_SETS`.
-        decoding: one of :data:`DECODINGS` (``lm``: beam search with the task's word n-gram LM).
+        test_set: a test set of :data:`~ibnet_nemo.demo.corpus.TEST_SPLITS`.
+        decoding: the name of one of :data:`~ibnet_nemo.demo.settings.DECODINGS`.
         wer: word error rate in percent.
         utterances: utterances scored.
     """
@@ -52,7 +55,7 @@ class Result:
     utterances: int
 
     def __post_init__(self):
-        for name, allowed in (("model", MODELS), ("test_set", TEST_SETS), ("decoding", DECODINGS)):
+        for name, allowed in _NAMES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.utterances < 1:
@@ -67,9 +70,12 @@ def write_results(results: Sequence[Result], path: str | os.PathLike) -> Path:
     return path
 
 
-def format_table(results: Sequence[Result]) -> str:
-    """One row per model: parameters, training wall (and CPU) minutes, steps, WER % per test set and decoding."""
-    columns = [(test_set, decoding) for test_set in TEST_SETS for decoding in DECODINGS]
+def format_table(results: Sequence[Result], lm_order: int = DemoSettings.lm_order) -> str:
+    """One row per model: parameters, training wall (and CPU) minutes, steps, WER % per test set and decoding.
+
+    ``lm_order`` is the task LM's order, named in the footnote. (Default: ``DemoSettings``' default)
+    """
+    columns = [(test_set, decoding) for test_set in _NAMES["test_set"] for decoding in _NAMES["decoding"]]
     header = ["model", "params", "train min (CPU)", "steps"] + [f"{t} {d}" for t, d in columns]
     rows = []
     for model in dict.fromkeys(result.model for result in results):
@@ -83,7 +89,8 @@ def format_table(results: Sequence[Result]) -> str:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = [" | ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in [header, *rows]]
     lines.insert(1, "-+-".join("-" * width for width in widths))
-    return "\n".join(lines) + "\nWER % (utterances); lm = beam search with the task's word 3-gram LM"
+    notes = [f"{d.name} = beam search with the task's word {lm_order}-gram LM" for d in DECODINGS if d.beam_lm]
+    return "\n".join(lines) + "\n" + "; ".join(["WER % (utterances)", *notes])
 
 
 def read_validation_curve(log_dir: str | os.PathLike, start_time: float) -> list[tuple[float, float]]:

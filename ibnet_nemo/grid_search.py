@@ -1,8 +1,9 @@
 """Grid search of CTC beam-search parameters (beam width, LM weight alpha, word bonus beta) on a dev manifest.
 
-The acoustic model runs once: its log-probabilities are cached in a ``.npz`` file (NumPy arrays and strings
-only, read back with ``allow_pickle=False``) keyed by a hash of the model file and the manifest, so that a second
-search with other grid values skips the model. Each grid point is decoded by NeMo's ``pyctcdecode`` strategy.
+Built on the evaluation layer (:mod:`ibnet_nemo.evaluate`): the acoustic model runs once, and its
+log-probabilities are cached in a ``.npz`` file (NumPy arrays and strings only, read back with
+``allow_pickle=False``) keyed by a hash of the model file and the manifest, so that a second search with other
+grid values skips the model. Each grid point is decoded by NeMo's ``pyctcdecode`` strategy.
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ import numpy as np
 from nemo.collections.asr.models import EncDecCTCModel
 from nemo.collections.asr.parts.submodules.ctc_decoding import CTCDecodingConfig
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
 from ibnet_nemo.data.manifest import write_manifest
+from ibnet_nemo.evaluate import decode_and_score, manifest_log_probs, reference_records, transcript_records
 from ibnet_nemo.fileio import atomic_path
-from ibnet_nemo.evaluate import error_rates, reference_records
-from ibnet_nemo.transcribe import decode_log_probs, iter_log_probs, load_model, set_decoding
+from ibnet_nemo.inference import check_decoding, load_model
 
 __all__ = ["GridPoint", "GridSearchConfig", "cache_key", "compute_or_load_log_probs", "run_grid_search", "search"]
 
@@ -76,7 +76,7 @@ def compute_or_load_log_probs(
     """Per record, its log-probabilities ``(T', V + 1)`` (None where it failed) and its error ('' where none).
 
     Read from ``cache_file`` when that file exists and was written for ``key`` and as many records; otherwise
-    computed with :func:`~ibnet_nemo.transcribe.iter_log_probs` and saved there (atomically).
+    computed with :func:`~ibnet_nemo.evaluate.manifest_log_probs` and saved there (atomically).
     """
     cache_file = Path(cache_file)
     if cache_file.is_file():
@@ -86,14 +86,7 @@ def compute_or_load_log_probs(
                 print(f"Log-probabilities read from cache {cache_file}")
                 return [None if error else cache[f"log_probs_{i}"] for i, error in enumerate(errors)], errors
         print(f"Cache {cache_file} is for another model or manifest: recomputing it")
-    log_probs, errors = [], []
-    with tqdm(total=len(records), desc="Acoustic model") as bar:
-        for batch in iter_log_probs(model, records, batch_size, debug=debug):
-            for _, outcome in batch:
-                good = isinstance(outcome, np.ndarray)
-                log_probs.append(outcome if good else None)
-                errors.append("" if good else str(outcome))
-            bar.update(len(batch))
+    log_probs, errors = manifest_log_probs(model, records, batch_size, debug=debug)
     arrays = {f"log_probs_{i}": lp for i, lp in enumerate(log_probs) if lp is not None}
     with atomic_path(cache_file) as tmp, open(tmp, "wb") as f:
         np.savez(f, key=np.array(key), errors=np.array(errors, dtype=str), **arrays)
@@ -101,46 +94,48 @@ def compute_or_load_log_probs(
     return log_probs, errors
 
 
-def _decode_all(model: EncDecCTCModel, log_probs: Sequence[np.ndarray], batch_size: int) -> list[str]:
-    return [text for start in range(0, len(log_probs), batch_size)
-            for text in decode_log_probs(model, log_probs[start : start + batch_size])]
+def _check_grid(beam_widths: Sequence[int], alphas: Sequence[float], betas: Sequence[float]) -> None:
+    for name, values in (("beam_width", beam_widths), ("beam_alpha", alphas), ("beam_beta", betas)):
+        if not values:
+            raise ValueError(f"{name} must list at least one value, got {list(values)}")
+    if min(beam_widths) < 1:
+        raise ValueError(f"beam_width values must be >= 1, got {list(beam_widths)}")
 
 
 def search(
     model: EncDecCTCModel,
-    log_probs: Sequence[np.ndarray],
+    log_probs: Sequence[Optional[np.ndarray]],
     references: Sequence[str],
     lm_path: str | os.PathLike,
     beam_widths: Sequence[int],
     alphas: Sequence[float],
     betas: Sequence[float],
     batch_size: int,
-) -> tuple[list[GridPoint], list[list[str]]]:
+) -> tuple[list[GridPoint], list[list[Optional[str]]]]:
     """Decode ``log_probs`` at every (beam width, alpha, beta) with NeMo's pyctcdecode strategy and ``lm_path``.
 
+    Args:
+        log_probs: per utterance ``(T', V + 1)``, or None for one that failed (left out of the scores); at least
+            one must be given.
+
     Returns:
-        The grid points in grid order with their WER and CER against ``references``, and the texts of each.
+        The grid points in grid order with their WER and CER against ``references``, and the texts of each
+        (None for a failed utterance).
 
     Raises:
         ValueError: an empty grid list or a beam width < 1.
     """
-    for name, values in (("beam_width", beam_widths), ("beam_alpha", alphas), ("beam_beta", betas)):
-        if not values:
-            raise ValueError(f"{name} must list at least one value, got {list(values)}")
-    if min(beam_widths) < 1:
-        raise ValueError(f"beam_width values must be >= 1, got {list(beam_widths)}")
-    points, texts = [], []
-    grid = list(itertools.product(beam_widths, alphas, betas))
-    for beam_width, alpha, beta in tqdm(grid, desc="Grid search"):
+    _check_grid(beam_widths, alphas, betas)
+    decodings = {}
+    for beam_width, alpha, beta in itertools.product(beam_widths, alphas, betas):
         decoding = CTCDecodingConfig(strategy="pyctcdecode")
         decoding.beam.beam_size, decoding.beam.ngram_lm_model = int(beam_width), str(lm_path)
         decoding.beam.ngram_lm_alpha, decoding.beam.beam_beta = float(alpha), float(beta)
-        set_decoding(model, decoding)
-        hypotheses = _decode_all(model, log_probs, batch_size)
-        wer, cer = error_rates(hypotheses, references)
-        points.append(GridPoint(int(beam_width), float(alpha), float(beta), wer, cer))
-        texts.append(hypotheses)
-    return points, texts
+        decodings[int(beam_width), float(alpha), float(beta)] = decoding
+    scores = decode_and_score(model, log_probs, references, decodings, batch_size)
+    points = [GridPoint(beam_width, alpha, beta, score.wer, score.cer)
+              for (beam_width, alpha, beta), score in scores.items()]
+    return points, [score.texts for score in scores.values()]
 
 
 def run_grid_search(cfg: GridSearchConfig | DictConfig) -> tuple[GridPoint, float, Path]:
@@ -155,7 +150,8 @@ def run_grid_search(cfg: GridSearchConfig | DictConfig) -> tuple[GridPoint, floa
         and the results table's path.
 
     Raises:
-        FileNotFoundError, ValueError: a problem with the options, or no utterance could be scored.
+        FileNotFoundError, ValueError: a problem with the options (found before the acoustic model runs), or no
+            utterance could be scored.
     """
     for key in ("nemo_model_file", "input_manifest", "kenlm_model_file"):
         value = getattr(cfg, key)
@@ -163,26 +159,27 @@ def run_grid_search(cfg: GridSearchConfig | DictConfig) -> tuple[GridPoint, floa
             raise ValueError(f"{key} is required")
         if not Path(value).is_file():
             raise FileNotFoundError(f"{key} {value!r}: no such file")
+    _check_grid(cfg.beam_width, cfg.beam_alpha, cfg.beam_beta)
     records = reference_records(cfg.input_manifest)
     output_folder = Path(cfg.preds_output_folder)
     key = cache_key(cfg.nemo_model_file, cfg.input_manifest)
     cache_file = cfg.probs_cache_file or output_folder / f"probs_{key}.npz"
 
     model = load_model(cfg.nemo_model_file, cfg.cuda)
+    check_decoding(model, {"strategy": "pyctcdecode", "beam": {"ngram_lm_model": cfg.kenlm_model_file}})
     log_probs, errors = compute_or_load_log_probs(model, records, cache_file, key, cfg.acoustic_batch_size,
                                                   debug=cfg.debug)
-    scored = [i for i, error in enumerate(errors) if not error]
-    if not scored:
+    failed = sum(bool(error) for error in errors)
+    if failed == len(records):
         raise ValueError(f"{cfg.input_manifest}: no utterance could be transcribed (first error: {errors[0]})")
-    if len(scored) < len(records):
-        print(f"{len(records) - len(scored)} of {len(records)} utterances failed and are left out of the search")
-    scored_log_probs = [log_probs[i] for i in scored]
-    references = [records[i]["text"] for i in scored]
+    if failed:
+        print(f"{failed} of {len(records)} utterances failed and are left out of the search")
+    references = [record["text"] for record in records]
 
-    set_decoding(model, CTCDecodingConfig())
-    greedy_wer, greedy_cer = error_rates(_decode_all(model, scored_log_probs, cfg.acoustic_batch_size), references)
-    points, texts = search(model, scored_log_probs, references, cfg.kenlm_model_file, cfg.beam_width,
-                           cfg.beam_alpha, cfg.beam_beta, cfg.acoustic_batch_size)
+    (greedy,) = decode_and_score(model, log_probs, references, {"greedy": CTCDecodingConfig()},
+                                 cfg.acoustic_batch_size).values()
+    points, texts = search(model, log_probs, references, cfg.kenlm_model_file, cfg.beam_width, cfg.beam_alpha,
+                           cfg.beam_beta, cfg.acoustic_batch_size)
     best_index = min(range(len(points)), key=lambda i: points[i].wer)
 
     output_folder.mkdir(parents=True, exist_ok=True)
@@ -190,11 +187,8 @@ def run_grid_search(cfg: GridSearchConfig | DictConfig) -> tuple[GridPoint, floa
     with open(results_path, "w", newline="") as f:
         writer = csv.writer(f, delimiter="\t")
         writer.writerow(["decoding", "beam_width", "alpha", "beta", "wer", "cer"])
-        writer.writerow(["greedy", "", "", "", f"{greedy_wer:.6f}", f"{greedy_cer:.6f}"])
+        writer.writerow(["greedy", "", "", "", f"{greedy.wer:.6f}", f"{greedy.cer:.6f}"])
         for p in points:
             writer.writerow(["beam+lm", p.beam_width, p.alpha, p.beta, f"{p.wer:.6f}", f"{p.cer:.6f}"])
-    best_texts = dict(zip(scored, texts[best_index]))
-    write_manifest(output_folder / "best_predictions.json",
-                   ({**record, "pred_text": best_texts[i]} if i in best_texts else {**record, "error": errors[i]}
-                    for i, record in enumerate(records)))
-    return points[best_index], greedy_wer, results_path
+    write_manifest(output_folder / "best_predictions.json", transcript_records(records, texts[best_index], errors))
+    return points[best_index], greedy.wer, results_path
