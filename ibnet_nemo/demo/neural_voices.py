@@ -43,7 +43,8 @@ _KOKORO_STYLES = 510  # rows of a voice file: one style per phoneme count 0..509
 _BLEND_PART = re.compile(r"([ab][fm]_[a-z]+)(\d*)")
 
 # espeak-ng's IPA (multi-letter phonemes tied with '^') -> Kokoro's English phonemes. Accent rules go first (the
-# British diphthong e^ə must be seen before the general e -> A), then the shared ones, longest first.
+# British diphthong e^ə must be seen before the general e -> A), then the shared ones, each sequence before the
+# single letters it holds. Modelled on misaki's espeak-ng fallback (Kokoro's own G2P).
 _BRITISH = (("e^ə", "ɛː"), ("iə", "ɪə"), ("ə^ʊ", "Q"))
 _AMERICAN = (("o^ʊ", "O"), ("ɜːɹ", "ɜɹ"), ("ɜː", "ɜɹ"), ("ɪə", "iə"), ("ː", ""))
 _SHARED = (
