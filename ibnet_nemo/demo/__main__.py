@@ -15,7 +15,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m ibnet_nemo.demo",
         description="Build the offline alphanumeric corpus, train IBNet and QuartzNet on it, report their WER "
-        "(docs/demo.md). Installs missing Debian packages and the `demo` extra first.",
+        "(docs/demo.md). Installs missing Debian packages and the `demo` extra first, then the optional voice sources "
+        "it can get (each named with its licence before it is installed; one that cannot be had is skipped).",
     )
     parser.add_argument("--output-dir", type=Path, default=defaults.output_dir, help="(default: %(default)s)")
     parser.add_argument("--train-utterances", type=int, default=corpus.train_utterances, help="(default: %(default)s)")
