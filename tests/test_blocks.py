@@ -3,14 +3,8 @@
 import pytest
 import torch
 
-from ibnet_nemo.parts.blocks import (
-    ConvBN,
-    ConvBNAct,
-    IBBlock,
-    InvertedBottleneck,
-    conv_output_lengths,
-    make_mask,
-)
+from ibnet_nemo.parts.blocks import ConvBNAct, IBBlock, InvertedBottleneck, make_mask
+from ibnet_nemo.parts.conv_bn import ConvBN, conv_output_lengths
 
 
 def _randomize_bn(module: torch.nn.Module, seed: int = 0) -> None:
@@ -95,7 +89,7 @@ def test_padding_never_reaches_valid_frames(block):
     garbage = x.clone()
     garbage[1, :, 13:] = 1e4 * torch.randn(6, 12)
     mask = make_mask(lengths, 25, x.dtype)
-    valid = conv_output_lengths(lengths, block.kernel_size, block.stride, block.dilation)
+    valid = block.output_lengths(lengths)
     y_clean, y_garbage = block(x, mask), block(garbage, mask)
     torch.testing.assert_close(y_garbage[1, :, : valid[1]], y_clean[1, :, : valid[1]])
 

@@ -105,12 +105,32 @@ def test_explicit_block_list_equals_the_width_knob():
     assert y.shape == (2, 24, 30) and custom.subsampling_factor == 1 and y_lengths.tolist() == [30, 20]
 
 
+def test_block_entries_take_encoder_values_then_block_defaults():
+    encoder = IBNetEncoder(feat_in=16, repeat=2, expansion=3, dropout=0.1, blocks=[
+        {"type": "conv", "filters": 12, "kernel": 3},
+        {"type": "ib", "filters": 12, "kernel": 5},
+        {"type": "ib", "filters": 24, "kernel": 5, "repeat": 1, "expansion": 2, "dropout": 0.0, "residual": False},
+    ])
+    conv, first, second = encoder.layers
+    assert conv.drop.p == 0.1 and conv.stride == 1
+    # omitted: the encoder's repeat, expansion and dropout, the block's dilation 1 and residual
+    assert len(first.layers) == 2 and first.layers[0].conv_pw.conv.out_channels == 36
+    assert first.layers[0].drop.p == 0.1 and first.layers[0].conv_dw.conv.dilation == (1,)
+    assert first.conv_res is not None
+    # given: the entry's values
+    assert len(second.layers) == 1 and second.layers[0].conv_pw.conv.out_channels == 24
+    assert second.layers[0].drop.p == 0.0 and second.conv_res is None
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"C": 0}, "C must be a positive integer"),
     ({"kernels": (33, 33)}, "kernels must list 7 widths"),
     ({"blocks": []}, "blocks must hold at least one block"),
     ({"blocks": [{"type": "lstm", "filters": 8, "kernel": 3}]}, r"blocks\[0\].type must be"),
     ({"blocks": [{"type": "ib", "filters": 8, "kernel": 3, "stride": 2}]}, r"unknown keys \['stride'\]"),
+    ({"blocks": [{"type": "conv", "filters": 8}]}, r"blocks\[0\] \(conv\) needs the key 'kernel'"),
+    ({"blocks": [{"type": "conv", "filters": 8, "kernel": 3}, {"type": "ib", "kernel": 3}]},
+     r"blocks\[1\] \(ib\) needs the key 'filters'"),
 ])
 def test_bad_configuration_raises_value_error(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -24,7 +24,8 @@ from ibnet_nemo.benchmark import (
     write_report,
 )
 from ibnet_nemo.modules import IBNetEncoder
-from ibnet_nemo.parts.blocks import ConvBN, ConvBNAct, IBBlock, InvertedBottleneck, make_mask
+from ibnet_nemo.parts.blocks import ConvBNAct, IBBlock, InvertedBottleneck, make_mask
+from ibnet_nemo.parts.conv_bn import ConvBN
 
 TINY_IBNET = ("model.encoder.C=16", "model.encoder.repeat=1")
 

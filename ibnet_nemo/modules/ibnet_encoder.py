@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import OrderedDict
 from typing import Any, Iterator, Optional, Sequence
 
@@ -14,15 +15,20 @@ from nemo.core.neural_types import AcousticEncodedRepresentation, LengthsType, N
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
-from ibnet_nemo.parts.blocks import ConvBN, ConvBNAct, IBBlock, capturing_graph, conv_output_lengths, make_mask
+from ibnet_nemo.parts.blocks import ConvBNAct, IBBlock, make_mask
+from ibnet_nemo.parts.conv_bn import ConvBN, capturing_graph
 
 __all__ = ["IBNetEncoder", "ibnet_layout"]
 
-# Keys a `blocks` entry may carry, per block type; missing keys take the encoder-level value or the default.
+# Block class and the keys a `blocks` entry may carry, per block type. A key the entry omits takes the
+# encoder-level value where there is one (dropout, repeat, expansion), else the block constructor's default.
+_BLOCK_TYPES = {"conv": ConvBNAct, "ib": IBBlock}
 _BLOCK_KEYS = {
     "conv": {"type", "filters", "kernel", "stride", "dilation", "dropout"},
     "ib": {"type", "filters", "kernel", "repeat", "expansion", "dilation", "dropout", "residual"},
 }
+_REQUIRED_KEYS = ("filters", "kernel")
+_ARGUMENT_NAMES = {"filters": "out_channels", "kernel": "kernel_size"}  # other keys are named as the arguments
 
 
 def ibnet_layout(
@@ -85,7 +91,7 @@ class IBNetEncoder(NeuralModule, Exportable):
         blocks: explicit layout, a list of ``{type: conv | ib, filters, kernel, ...}`` entries that replaces
             the one ``C``, ``repeat``, ``kernels`` and ``c2_dilation`` describe (Default: ``None``).
         fast: run the fast path (time-major on the CPU, folded BatchNorm in eval mode on the CPU and on a GPU,
-            see :class:`~ibnet_nemo.parts.blocks.ConvBN`); ``False`` runs plain ``Conv1d`` + ``BatchNorm1d``, same
+            see :class:`~ibnet_nemo.parts.conv_bn.ConvBN`); ``False`` runs plain ``Conv1d`` + ``BatchNorm1d``, same
             weights, same results (Default: ``True``).
         init_mode: weight initialisation, as in ``ConvASREncoder`` (Default: ``"xavier_uniform"``).
         checkpoint_blocks: in training, keep only each block's input for backward and recompute the block's
@@ -121,37 +127,23 @@ class IBNetEncoder(NeuralModule, Exportable):
         if not blocks:
             raise ValueError("blocks must hold at least one block")
 
+        encoder_level = {"dropout": dropout, "repeat": repeat, "expansion": expansion}
         layers = []
         channels = feat_in
-        self._subsampling_factor = 1
         for index, spec in enumerate(blocks):
             block_type = spec.get("type")
-            if block_type not in _BLOCK_KEYS:
+            if block_type not in _BLOCK_TYPES:
                 raise ValueError(f"blocks[{index}].type must be 'conv' or 'ib', got {block_type!r}")
             unknown = set(spec) - _BLOCK_KEYS[block_type]
             if unknown:
                 raise ValueError(f"blocks[{index}] ({block_type}) has unknown keys {sorted(unknown)}")
-            common = dict(
-                dilation=spec.get("dilation", 1),
-                dropout=spec.get("dropout", dropout),
-                activation=activation,
-                fast=fast,
-            )
-            if block_type == "conv":
-                layer = ConvBNAct(channels, spec["filters"], spec["kernel"], stride=spec.get("stride", 1), **common)
-            else:
-                layer = IBBlock(
-                    channels,
-                    spec["filters"],
-                    spec["kernel"],
-                    repeat=spec.get("repeat", repeat),
-                    expansion=spec.get("expansion", expansion),
-                    residual=spec.get("residual", True),
-                    **common,
-                )
-            layers.append(layer)
+            missing = [key for key in _REQUIRED_KEYS if key not in spec]
+            if missing:
+                raise ValueError(f"blocks[{index}] ({block_type}) needs the key {missing[0]!r}")
+            arguments = {key: value for key, value in encoder_level.items() if key in _BLOCK_KEYS[block_type]}
+            arguments.update({_ARGUMENT_NAMES.get(key, key): value for key, value in spec.items() if key != "type"})
+            layers.append(_BLOCK_TYPES[block_type](channels, activation=activation, fast=fast, **arguments))
             channels = spec["filters"]
-            self._subsampling_factor *= layer.stride
         self.layers = nn.ModuleList(layers)
         self._feat_in = feat_in
         self._feat_out = channels
@@ -180,12 +172,12 @@ class IBNetEncoder(NeuralModule, Exportable):
 
     @property
     def subsampling_factor(self) -> int:
-        """Input frames per output frame (2 for the published layout)."""
-        return self._subsampling_factor
+        """Input frames per output frame, the product of the block strides (2 for the published layout)."""
+        return math.prod(layer.stride for layer in self.layers)
 
     @property
     def fast(self) -> bool:
-        """Whether the convolutions run the fast path (see :class:`~ibnet_nemo.parts.blocks.ConvBN`)."""
+        """Whether the convolutions run the fast path (see :class:`~ibnet_nemo.parts.conv_bn.ConvBN`)."""
         return all(module.fast for module in self.modules() if isinstance(module, ConvBN))
 
     @fast.setter
@@ -223,10 +215,9 @@ class IBNetEncoder(NeuralModule, Exportable):
                 )
             else:
                 x = layer(x, mask)
-            if layer.stride > 1:
-                length = conv_output_lengths(length, layer.kernel_size, layer.stride, layer.dilation)
-                if padded:
-                    mask = make_mask(length, x.shape[-1], x.dtype)
+            length = layer.output_lengths(length)
+            if padded and x.shape[-1] != mask.shape[-1]:  # the layer reduced time: the mask follows
+                mask = make_mask(length, x.shape[-1], x.dtype)
         return x.contiguous(), length
 
     def input_example(self, max_batch: int = 1, max_dim: int = 256):
