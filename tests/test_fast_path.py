@@ -68,6 +68,7 @@ BLOCKS = {
     "ib_skip": lambda: InvertedBottleneck(8, 8, kernel_size=7),
     "ib_widen_dilated": lambda: InvertedBottleneck(8, 12, kernel_size=5, dilation=2, activation="silu"),
     "ib_block": lambda: IBBlock(8, 12, kernel_size=5, repeat=2),
+    "ib_block_stride2": lambda: IBBlock(8, 12, kernel_size=5, repeat=2, stride=2),
 }
 
 

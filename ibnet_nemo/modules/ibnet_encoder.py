@@ -25,19 +25,19 @@ __all__ = ["IBNetEncoder", "ibnet_layout"]
 _BLOCK_TYPES = {"conv": ConvBNAct, "ib": IBBlock}
 _BLOCK_KEYS = {
     "conv": {"type", "filters", "kernel", "stride", "dilation", "dropout"},
-    "ib": {"type", "filters", "kernel", "repeat", "expansion", "dilation", "dropout", "residual"},
+    "ib": {"type", "filters", "kernel", "stride", "repeat", "expansion", "dilation", "dropout", "residual"},
 }
 _REQUIRED_KEYS = ("filters", "kernel")
 _ARGUMENT_NAMES = {"filters": "out_channels", "kernel": "kernel_size"}  # other keys are named as the arguments
 
 
 def ibnet_layout(
-    C: int, repeat: int, expansion: int, kernels: Sequence[int], c2_dilation: int
+    C: int, repeat: int, expansion: int, kernels: Sequence[int], c2_dilation: int, strides: Sequence[int]
 ) -> list[dict[str, Any]]:
-    """The published IBNet family as a per-block list (the form ``IBNetEncoder(blocks=...)`` takes).
+    """The IBNet family as a per-block list (the form ``IBNetEncoder(blocks=...)`` takes).
 
-    C1 conv C (stride 2), B1..B5 IBBlocks C, C, 2C, 2C, 2C, C2 a single IBConv 2C (no block residual),
-    C3 a 1x1 conv to 4C. The decoder (NeMo's ConvASRDecoder) is C4.
+    C1 conv C, B1..B5 IBBlocks C, C, 2C, 2C, 2C, C2 a single IBConv 2C (no block residual), C3 a 1x1 conv to
+    4C. The decoder (NeMo's ConvASRDecoder) is C4. The published model strides C1 by 2 and nothing else.
 
     Args:
         C: base width.
@@ -45,16 +45,19 @@ def ibnet_layout(
         expansion: inverted-bottleneck width multiplier `t`.
         kernels: seven odd kernel widths, for C1, B1..B5 and C2.
         c2_dilation: dilation of C2's depth-wise convolution.
+        strides: seven time strides, for C1, B1..B5 and C2; the encoder reduces time by their product.
     """
     if len(kernels) != 7:
         raise ValueError(f"kernels must list 7 widths (C1, B1..B5, C2), got {list(kernels)}")
+    if len(strides) != 7 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in strides):
+        raise ValueError(f"strides must list 7 positive integers (C1, B1..B5, C2), got {list(strides)}")
     widths = (C, C, 2 * C, 2 * C, 2 * C)
     return [
-        {"type": "conv", "filters": C, "kernel": kernels[0], "stride": 2},
-        *({"type": "ib", "filters": w, "kernel": k, "repeat": repeat, "expansion": expansion}
-          for w, k in zip(widths, kernels[1:6])),
-        {"type": "ib", "filters": 2 * C, "kernel": kernels[6], "repeat": 1, "expansion": expansion,
-         "dilation": c2_dilation, "residual": False},
+        {"type": "conv", "filters": C, "kernel": kernels[0], "stride": strides[0]},
+        *({"type": "ib", "filters": w, "kernel": k, "stride": s, "repeat": repeat, "expansion": expansion}
+          for w, k, s in zip(widths, kernels[1:6], strides[1:6])),
+        {"type": "ib", "filters": 2 * C, "kernel": kernels[6], "stride": strides[6], "repeat": 1,
+         "expansion": expansion, "dilation": c2_dilation, "residual": False},
         {"type": "conv", "filters": 4 * C, "kernel": 1},
     ]
 
@@ -86,10 +89,13 @@ class IBNetEncoder(NeuralModule, Exportable):
         expansion: inverted-bottleneck width multiplier `t` (Default: ``2``).
         kernels: kernel widths of C1, B1..B5, C2 (Default: ``(33, 33, 39, 51, 63, 75, 87)``).
         c2_dilation: dilation of C2's depth-wise convolution; QuartzNet uses 2 there (Default: ``1``).
+        strides: time strides of C1, B1..B5, C2; their product is the :attr:`subsampling_factor`, e.g.
+            ``(2, 1, 2, 1, 1, 1, 1)`` for 4x, ``(2, 1, 2, 1, 2, 1, 1)`` for 8x. An IBBlock strides its first
+            depth-wise convolution and its block residual (Default: ``(2, 1, 1, 1, 1, 1, 1)``, the published 2x).
         dropout: dropout in every module (Default: ``0.0``).
         activation: ``relu``, ``relu6``, ``silu`` or ``gelu`` (Default: ``"relu"``).
         blocks: explicit layout, a list of ``{type: conv | ib, filters, kernel, ...}`` entries that replaces
-            the one ``C``, ``repeat``, ``kernels`` and ``c2_dilation`` describe (Default: ``None``).
+            the one ``C``, ``repeat``, ``kernels``, ``c2_dilation`` and ``strides`` describe (Default: ``None``).
         fast: run the fast path (time-major on the CPU, folded BatchNorm in eval mode on the CPU and on a GPU,
             see :class:`~ibnet_nemo.parts.conv_bn.ConvBN`); ``False`` runs plain ``Conv1d`` + ``BatchNorm1d``, same
             weights, same results (Default: ``True``).
@@ -107,6 +113,7 @@ class IBNetEncoder(NeuralModule, Exportable):
         expansion: int = 2,
         kernels: Sequence[int] = (33, 33, 39, 51, 63, 75, 87),
         c2_dilation: int = 1,
+        strides: Sequence[int] = (2, 1, 1, 1, 1, 1, 1),
         dropout: float = 0.0,
         activation: str = "relu",
         blocks: Optional[Sequence[dict]] = None,
@@ -122,8 +129,10 @@ class IBNetEncoder(NeuralModule, Exportable):
             blocks = OmegaConf.to_container(blocks)
         if isinstance(kernels, ListConfig):
             kernels = OmegaConf.to_container(kernels)
+        if isinstance(strides, ListConfig):
+            strides = OmegaConf.to_container(strides)
         if blocks is None:
-            blocks = ibnet_layout(C, repeat, expansion, kernels, c2_dilation)
+            blocks = ibnet_layout(C, repeat, expansion, kernels, c2_dilation, strides)
         if not blocks:
             raise ValueError("blocks must hold at least one block")
 
@@ -162,7 +171,7 @@ class IBNetEncoder(NeuralModule, Exportable):
 
     @property
     def output_types(self):
-        """Output ports: encoding `(B, 4C, T / 2)` and its lengths `(B,)`."""
+        """Output ports: encoding `(B, 4C, ceil(T / subsampling_factor))` and its lengths `(B,)`."""
         return OrderedDict(
             {
                 "outputs": NeuralType(("B", "D", "T"), AcousticEncodedRepresentation()),

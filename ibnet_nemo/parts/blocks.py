@@ -161,8 +161,9 @@ class InvertedBottleneck(nn.Module):
 class IBBlock(nn.Module):
     """``repeat`` inverted bottlenecks in a row plus a block residual: the "dual residual" of IBNet.
 
-    The first module makes the channel change, the other ``repeat - 1`` run at ``out_channels`` with their
-    own skips. A 1x1 convolution + BatchNorm carries the block input to the block output, giving every block
+    The first module makes the channel change (and the time stride, in its depth-wise convolution), the other
+    ``repeat - 1`` run at ``out_channels`` with their own skips. A 1x1 convolution + BatchNorm (with the same
+    stride, so both paths keep the same frames) carries the block input to the block output, giving every block
     two gradient paths. The sum stays linear, as in MobileNetV2. With ``repeat=1, residual=False`` the block is
     a single IBConv (IBNet's C2).
 
@@ -172,6 +173,8 @@ class IBBlock(nn.Module):
         kernel_size: odd depth-wise kernel width.
         repeat: number of inverted bottlenecks `R` (Default: ``3``).
         expansion: width multiplier `t` (Default: ``2``).
+        stride: time stride of the first module's depth-wise convolution and of the block residual
+            (Default: ``1``).
         dilation: depth-wise dilation (Default: ``1``).
         dropout: dropout in each module (Default: ``0.0``).
         activation: key of :data:`ACTIVATIONS` (Default: ``"relu"``).
@@ -186,6 +189,7 @@ class IBBlock(nn.Module):
         kernel_size: int,
         repeat: int = 3,
         expansion: int = 2,
+        stride: int = 1,
         dilation: int = 1,
         dropout: float = 0.0,
         activation: str = "relu",
@@ -194,13 +198,14 @@ class IBBlock(nn.Module):
     ) -> None:
         super().__init__()
         _check_positive("repeat", repeat)
-        self.stride = 1
+        self.stride = stride
         self.layers = nn.ModuleList(
             InvertedBottleneck(
                 in_channels if i == 0 else out_channels,
                 out_channels,
                 kernel_size,
                 expansion=expansion,
+                stride=stride if i == 0 else 1,
                 dilation=dilation,
                 dropout=dropout,
                 activation=activation,
@@ -208,7 +213,7 @@ class IBBlock(nn.Module):
             )
             for i in range(repeat)
         )
-        self.conv_res = ConvBN(in_channels, out_channels, 1, fast=fast) if residual else None
+        self.conv_res = ConvBN(in_channels, out_channels, 1, stride=stride, fast=fast) if residual else None
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """`(B,)` valid output frames for `(B,)` valid input frames."""
@@ -217,9 +222,13 @@ class IBBlock(nn.Module):
         return lengths
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """`(B, C_in, T)` and its `(B, 1, T)` mask (``None``: no padding) to `(B, C_out, T)`."""
+        """`(B, C_in, T)` and its `(B, 1, T)` mask (``None``: no padding) to `(B, C_out, ceil(T / stride))`."""
         shortcut = x
-        for layer in self.layers:
+        x = self.layers[0](x, mask)
+        if mask is not None and self.stride > 1:
+            # the frames the first module kept: output frame t is input frame stride * t
+            mask = mask[:, :, :: self.stride]
+        for layer in self.layers[1:]:
             x = layer(x, mask)
         if self.conv_res is not None:
             x = x + self.conv_res(shortcut)

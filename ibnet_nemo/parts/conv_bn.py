@@ -134,8 +134,9 @@ class ConvBN(nn.Module):
             # A GPU's own convolutions are fast (and follow cuDNN's TF32 setting, as NeMo's convolutions do): there
             # only the folded BatchNorm is kept.
             return F.conv1d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-        if conv.kernel_size[0] == 1 and conv.stride[0] == 1 and conv.groups == 1:
-            y = F.linear(x.transpose(1, 2), weight.squeeze(2), bias)  # (B, T, C_out)
+        if conv.kernel_size[0] == 1 and conv.groups == 1:
+            # a strided 1x1 convolution reads every stride-th frame
+            y = F.linear(x[:, :, :: conv.stride[0]].transpose(1, 2), weight.squeeze(2), bias)  # (B, T, C_out)
         else:
             # (B, C, 1, T) in channels-last memory is exactly the time-major (B, T, C) storage: no copy.
             x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
