@@ -90,7 +90,7 @@ def test_one_command_line_override_gives_a_consistent_model(override, expected):
 
 
 def test_explicit_block_list_equals_the_width_knob():
-    layout = ibnet_layout(8, 2, 2, (5, 5, 7, 9, 11, 13, 15), 1)
+    layout = ibnet_layout(8, 2, 2, (5, 5, 7, 9, 11, 13, 15), 1, (2, 1, 1, 1, 1, 1, 1))
     knob, listed = _small_encoder(), IBNetEncoder(feat_in=16, blocks=layout)
     listed.load_state_dict(knob.state_dict())
     knob.eval(), listed.eval()
@@ -105,27 +105,50 @@ def test_explicit_block_list_equals_the_width_knob():
     assert y.shape == (2, 24, 30) and custom.subsampling_factor == 1 and y_lengths.tolist() == [30, 20]
 
 
+def test_block_entries_take_encoder_values_then_block_defaults():
+    encoder = IBNetEncoder(feat_in=16, repeat=2, expansion=3, dropout=0.1, blocks=[
+        {"type": "conv", "filters": 12, "kernel": 3},
+        {"type": "ib", "filters": 12, "kernel": 5},
+        {"type": "ib", "filters": 24, "kernel": 5, "repeat": 1, "expansion": 2, "dropout": 0.0, "residual": False},
+    ])
+    conv, first, second = encoder.layers
+    assert conv.drop.p == 0.1 and conv.stride == 1
+    # omitted: the encoder's repeat, expansion and dropout, the block's dilation 1 and residual
+    assert len(first.layers) == 2 and first.layers[0].conv_pw.conv.out_channels == 36
+    assert first.layers[0].drop.p == 0.1 and first.layers[0].conv_dw.conv.dilation == (1,)
+    assert first.conv_res is not None
+    # given: the entry's values
+    assert len(second.layers) == 1 and second.layers[0].conv_pw.conv.out_channels == 24
+    assert second.layers[0].drop.p == 0.0 and second.conv_res is None
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"C": 0}, "C must be a positive integer"),
     ({"kernels": (33, 33)}, "kernels must list 7 widths"),
     ({"blocks": []}, "blocks must hold at least one block"),
     ({"blocks": [{"type": "lstm", "filters": 8, "kernel": 3}]}, r"blocks\[0\].type must be"),
-    ({"blocks": [{"type": "ib", "filters": 8, "kernel": 3, "stride": 2}]}, r"unknown keys \['stride'\]"),
+    ({"blocks": [{"type": "ib", "filters": 8, "kernel": 3, "groups": 2}]}, r"unknown keys \['groups'\]"),
+    ({"blocks": [{"type": "conv", "filters": 8}]}, r"blocks\[0\] \(conv\) needs the key 'kernel'"),
+    ({"blocks": [{"type": "conv", "filters": 8, "kernel": 3}, {"type": "ib", "kernel": 3}]},
+     r"blocks\[1\] \(ib\) needs the key 'filters'"),
 ])
 def test_bad_configuration_raises_value_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
         IBNetEncoder(feat_in=64, **kwargs)
 
 
-def test_onnx_and_torchscript_export_match_pytorch(tmp_path):
+@pytest.mark.parametrize("strides", ["[2,1,1,1,1,1,1]", "[2,1,2,1,2,1,1]"])  # the published 2x, and 8x
+def test_onnx_and_torchscript_export_match_pytorch(tmp_path, strides):
     import onnxruntime
 
-    cfg = compose("ibnet_c192", NO_DATA + ["model.encoder.C=16", "model.encoder.repeat=1"])
+    cfg = compose("ibnet_c192", NO_DATA + ["model.encoder.C=16", "model.encoder.repeat=1",
+                                           f"++model.encoder.strides={strides}"])
     model = EncDecCTCModel(cfg=cfg.model).eval()
     features, lengths = torch.randn(2, 64, 301), torch.tensor([301, 200])
     with torch.no_grad():
         encoded, _ = model.encoder(audio_signal=features, length=lengths)
         expected = model.decoder(encoder_output=encoded).numpy()
+    assert encoded.shape[-1] == {"[2,1,1,1,1,1,1]": 151, "[2,1,2,1,2,1,1]": 38}[strides]  # ceil(301 / 2), / 8
 
     model.export(str(tmp_path / "ibnet.onnx"))
     session = onnxruntime.InferenceSession(str(tmp_path / "ibnet.onnx"))

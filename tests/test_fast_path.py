@@ -24,7 +24,8 @@ from ibnet_nemo.benchmark import (
     write_report,
 )
 from ibnet_nemo.modules import IBNetEncoder
-from ibnet_nemo.parts.blocks import ConvBN, ConvBNAct, IBBlock, InvertedBottleneck, make_mask
+from ibnet_nemo.parts.blocks import ConvBNAct, IBBlock, InvertedBottleneck, make_mask
+from ibnet_nemo.parts.conv_bn import ConvBN
 
 TINY_IBNET = ("model.encoder.C=16", "model.encoder.repeat=1")
 
@@ -67,6 +68,7 @@ BLOCKS = {
     "ib_skip": lambda: InvertedBottleneck(8, 8, kernel_size=7),
     "ib_widen_dilated": lambda: InvertedBottleneck(8, 12, kernel_size=5, dilation=2, activation="silu"),
     "ib_block": lambda: IBBlock(8, 12, kernel_size=5, repeat=2),
+    "ib_block_stride2": lambda: IBBlock(8, 12, kernel_size=5, repeat=2, stride=2),
 }
 
 

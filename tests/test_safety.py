@@ -23,7 +23,7 @@ from ibnet_nemo.grid_search import compute_or_load_log_probs
 
 # Outside classes and callables a hostile config could name: system access, a Python builtin, and plugin code
 # that is importable but was never granted.
-FOREIGN_TARGETS = ("os.system", "subprocess.Popen", "builtins.eval", "ibnet_nemo.parts.blocks.ConvBN",
+FOREIGN_TARGETS = ("os.system", "subprocess.Popen", "builtins.eval", "ibnet_nemo.parts.conv_bn.ConvBN",
                    "ibnet_nemo.inference.load_model")
 
 
