@@ -27,7 +27,8 @@ __all__ = ["SPE_TYPES", "TOKENIZER_FILES", "build_tokenizer", "tokenizer_dir_nam
 SPE_TYPES = ("bpe", "unigram", "char", "word")
 #: What a tokenizer folder holds: the model NeMo loads, SentencePiece's scored piece list, NeMo's vocabulary.
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.vocab", "vocab.txt")
-#: Model types whose vocabulary size is the ``vocab_size`` asked for; ``char`` and ``word`` take the text's.
+#: Model types whose vocabulary size is the ``vocab_size`` asked for; ``char`` and ``word`` keep at most that many
+#: of the text's characters or words.
 SIZED_SPE_TYPES = ("bpe", "unigram")
 
 
@@ -78,7 +79,8 @@ def build_tokenizer(
         data_root: output folder; the tokenizer goes to ``<data_root>/<tokenizer_dir_name(...)>/`` and the text
             gathered from manifests to ``<data_root>/text_corpus/document.txt``.
         vocab_size: number of pieces, ``<unk>`` included (the model's output classes, without the CTC blank).
-            For ``char`` and ``word`` the text decides the size; ``vocab_size`` only names the folder.
+            For ``char`` and ``word`` the text's characters or words, the most frequent ``vocab_size - 1``
+            of them when it has more (the rest become ``<unk>``).
         manifests: NeMo manifests whose ``text`` fields are the training text (exactly one of ``manifests`` and
             ``data_file``).
         data_file: a text file, one sentence a line.
