@@ -16,12 +16,15 @@ alike; each figure is the median over the rounds.
   allocated. On a CUDA device, the rise of PyTorch's peak allocated device memory over the step.
 
 On a CUDA device every timed call ends with ``torch.cuda.synchronize()``; with ``autocast_dtype`` set, the
-forward (inference and training) runs under ``torch.autocast`` with that dtype, weights staying fp32.
+forward (inference and training) runs under ``torch.autocast`` with that dtype, weights staying fp32. With
+``quantize="int8"`` (CPU only), every model timed for inference also gets an int8 row: the same weights through
+:func:`~ibnet_nemo.quantize.quantize_int8`, timed in the same interleaved rounds (inference only).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -36,6 +39,7 @@ import torch
 from omegaconf import open_dict
 from tqdm.auto import tqdm
 
+from ibnet_nemo.quantize import apply_quantization, check_quantization
 
 __all__ = [
     "AUTOCAST_DTYPES",
@@ -100,6 +104,7 @@ class BenchmarkSettings:
         device: ``"cpu"`` or ``"cuda"`` (Default: ``"cpu"``).
         autocast_dtype: ``None`` for fp32, or a key of :data:`AUTOCAST_DTYPES` to run the forward under
             ``torch.autocast`` (Default: ``None``).
+        quantize: ``None``, or ``"int8"`` to time an int8 row next to every fp32 row (CPU) (Default: ``None``).
     """
 
     inference_shapes: tuple[tuple[int, float], ...] = ((1, 20.0), (16, 10.0))
@@ -109,6 +114,7 @@ class BenchmarkSettings:
     threads: int = 2
     device: str = "cpu"
     autocast_dtype: Optional[str] = None
+    quantize: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -117,6 +123,9 @@ class BenchmarkSettings:
             raise ValueError(
                 f"autocast_dtype must be None or one of {sorted(AUTOCAST_DTYPES)}, got {self.autocast_dtype!r}"
             )
+        check_quantization(self.quantize)
+        if self.quantize is not None and (self.device != "cpu" or self.autocast_dtype is not None):
+            raise ValueError(f"quantize={self.quantize} runs on the CPU without autocast")
         for batch, seconds in (*self.inference_shapes, self.train_shape):
             if batch < 1 or seconds <= 0:
                 raise ValueError(f"a batch shape needs batch >= 1 and seconds > 0, got ({batch}, {seconds})")
@@ -280,7 +289,8 @@ def run_benchmark(
         settings: batch shapes, rounds, threads (Default: :data:`FULL`).
 
     Returns:
-        One :class:`BenchmarkResult` per spec, in order.
+        One :class:`BenchmarkResult` per spec, in order; with ``settings.quantize``, each spec timed for inference
+        is followed by its quantized row (labelled ``"<label> int8"``, no training figures).
     """
     labels = [spec.label for spec in specs]
     if len(set(labels)) != len(labels):
@@ -297,6 +307,17 @@ def run_benchmark(
     sample_rate = models[labels[0]].cfg.sample_rate
 
     inference_models = {spec.label: models[spec.label].eval() for spec in specs if spec.inference}
+    order = list(labels)
+    if settings.quantize is not None:
+        for spec in specs:
+            if not spec.inference:
+                continue
+            label = f"{spec.label} {settings.quantize}"
+            quantized = build_model(config_dir, spec).eval()
+            quantized.load_state_dict(models[spec.label].state_dict())
+            inference_models[label] = apply_quantization(quantized, settings.quantize)
+            results[label] = BenchmarkResult(label, spec.config_name, results[spec.label].params)
+            order.insert(order.index(spec.label) + 1, label)
     for batch, seconds in settings.inference_shapes:
         key = shape_key(batch, seconds)
         audio, lengths = _audio_batch(batch, seconds, sample_rate, settings.device)
@@ -325,13 +346,14 @@ def run_benchmark(
         else:
             peak = _measure_peak_memory(config_dir, spec, settings)
         results[spec.label].train_peak_mib = peak
-    return [results[label] for label in labels]
+    return [results[label] for label in order]
 
 
 def describe_device(settings: BenchmarkSettings) -> str:
     """Where the run measures, e.g. ``"2 CPU threads, fp32"`` or ``"NVIDIA H200, bfloat16 autocast"``."""
     where = torch.cuda.get_device_name() if settings.device == "cuda" else f"{settings.threads} CPU threads"
-    return f"{where}, {settings.autocast_dtype + ' autocast' if settings.autocast_dtype else 'fp32'}"
+    precision = settings.autocast_dtype + " autocast" if settings.autocast_dtype else "fp32"
+    return f"{where}, {precision}{' and ' + settings.quantize if settings.quantize else ''}"
 
 
 def format_markdown(results: Sequence[BenchmarkResult], settings: BenchmarkSettings, baseline: str = BASELINE) -> str:
@@ -350,8 +372,11 @@ def format_markdown(results: Sequence[BenchmarkResult], settings: BenchmarkSetti
         for key in keys:
             rtfx = result.rtfx.get(key)
             cells.append("- (training only)" if rtfx is None else f"{rtfx:.1f} ({rtfx / base.rtfx[key]:.2f})")
-        cells.append(f"{result.train_step_s:.3g} s ({result.train_step_s / base.train_step_s:.2f})")
-        cells.append(f"{result.train_peak_mib:.0f} ({result.train_peak_mib / base.train_peak_mib:.2f})")
+        if math.isnan(result.train_step_s):
+            cells += ["- (inference only)"] * 2
+        else:
+            cells.append(f"{result.train_step_s:.3g} s ({result.train_step_s / base.train_step_s:.2f})")
+            cells.append(f"{result.train_peak_mib:.0f} ({result.train_peak_mib / base.train_peak_mib:.2f})")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -193,7 +193,7 @@ def run_evaluation(cfg: EvaluationConfig | DictConfig) -> EvaluationResult:
             without ``text``, found before the acoustic model runs.
     """
     records = reference_records(cfg.dataset_manifest)
-    model = load_model(cfg.model_path, cfg.cuda)
+    model = load_model(cfg.model_path, cfg.cuda, cfg.quantize)
     check_decoding(model, cfg.ctc_decoding)
     log_probs, errors = manifest_log_probs(model, records, cfg.batch_size, debug=cfg.debug)
     (score,) = decode_and_score(model, log_probs, [record["text"] for record in records],
@@ -205,5 +205,6 @@ def run_evaluation(cfg: EvaluationConfig | DictConfig) -> EvaluationResult:
         transcripts=str(transcripts.resolve()), metrics=str(metrics_path(transcripts).resolve()),
     )
     Path(result.metrics).write_text(json.dumps({**asdict(result), "model_path": cfg.model_path,
-                                                "dataset_manifest": cfg.dataset_manifest}, indent=2) + "\n")
+                                                "dataset_manifest": cfg.dataset_manifest, "quantize": cfg.quantize},
+                                               indent=2) + "\n")
     return result

@@ -45,6 +45,7 @@ class GridSearchConfig:
     beam_alpha: list[float] = field(default_factory=lambda: [1.0])
     beam_beta: list[float] = field(default_factory=lambda: [0.0])
     cuda: Optional[int] = None  # GPU index; -1 for CPU; null: the first GPU when there is one, else CPU
+    quantize: Optional[str] = None  # int8: run int8 on the CPU (quantized at load time); null: as saved (fp32)
     debug: bool = False  # let the first failure raise with its traceback instead of recording it
 
 
@@ -162,10 +163,10 @@ def run_grid_search(cfg: GridSearchConfig | DictConfig) -> tuple[GridPoint, floa
     _check_grid(cfg.beam_width, cfg.beam_alpha, cfg.beam_beta)
     records = reference_records(cfg.input_manifest)
     output_folder = Path(cfg.preds_output_folder)
-    key = cache_key(cfg.nemo_model_file, cfg.input_manifest)
+    key = cache_key(cfg.nemo_model_file, cfg.input_manifest) + ("" if cfg.quantize is None else f"_{cfg.quantize}")
     cache_file = cfg.probs_cache_file or output_folder / f"probs_{key}.npz"
 
-    model = load_model(cfg.nemo_model_file, cfg.cuda)
+    model = load_model(cfg.nemo_model_file, cfg.cuda, cfg.quantize)
     check_decoding(model, {"strategy": "pyctcdecode", "beam": {"ngram_lm_model": cfg.kenlm_model_file}})
     log_probs, errors = compute_or_load_log_probs(model, records, cache_file, key, cfg.acoustic_batch_size,
                                                   debug=cfg.debug)

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from ibnet_nemo.audio import AudioError, load_audio
 from ibnet_nemo.cli import one_line
 from ibnet_nemo.lm.arpa import BOS, EOS, UNK, read_arpa_unigrams
+from ibnet_nemo.quantize import apply_quantization, check_quantization
 
 __all__ = [
     "DecodingConfig",
@@ -44,19 +45,25 @@ WORD_BOUNDARY = "\u2581"
 _SPECIAL_PIECE = re.compile(r"^<[^<>]+>$")
 
 
-def load_model(model_path: Optional[str | os.PathLike], cuda: Optional[int] = None) -> EncDecCTCModel:
+def load_model(
+    model_path: Optional[str | os.PathLike], cuda: Optional[int] = None, quantize: Optional[str] = None
+) -> EncDecCTCModel:
     """Restore a CTC model from a ``.nemo`` file, in eval mode, on the device ``cuda`` selects.
 
     Character (``EncDecCTCModel``) and sub-word (``EncDecCTCModelBPE``, its subclass) models alike.
 
     Args:
         model_path: the ``.nemo`` file.
-        cuda: GPU index, ``-1`` for CPU, ``None`` for the first GPU if any else CPU. (Default: None)
+        cuda: GPU index, ``-1`` for CPU, ``None`` for the first GPU if any else CPU (always the CPU with
+            ``quantize``). (Default: None)
+        quantize: ``"int8"`` to run int8 on the CPU (:func:`~ibnet_nemo.quantize.quantize_int8`), None for the
+            model as saved (fp32). (Default: None)
 
     Raises:
         FileNotFoundError: ``model_path`` does not exist.
-        ValueError: ``model_path`` is None, ``cuda`` names a GPU this machine does not have, the file is not a
-            ``.nemo`` archive, or it holds a model that is not a CTC model (or one whose ``_target_`` NeMo refuses).
+        ValueError: ``model_path`` is None, ``cuda`` names a GPU this machine does not have, ``quantize`` is
+            unknown or asked for on a GPU, the file is not a ``.nemo`` archive, or it holds a model that is not a
+            CTC model (or one whose ``_target_`` NeMo refuses, or one int8 does not support).
     """
     if model_path is None:
         raise ValueError("model_path is required (a CTC model's .nemo file)")
@@ -64,7 +71,12 @@ def load_model(model_path: Optional[str | os.PathLike], cuda: Optional[int] = No
         raise FileNotFoundError(f"model_path {str(model_path)!r}: no such file")
     if cuda is not None and cuda >= 0 and cuda >= torch.cuda.device_count():
         raise ValueError(f"cuda={cuda}, but this machine has {torch.cuda.device_count()} GPU(s); cuda=-1 runs on CPU")
-    if cuda is None:
+    check_quantization(quantize)
+    if quantize is not None and cuda is not None and cuda >= 0:
+        raise ValueError(f"quantize={quantize} runs on the CPU: leave cuda unset or set cuda=-1, not cuda={cuda}")
+    if quantize is not None:
+        device = torch.device("cpu")
+    elif cuda is None:
         device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device("cpu" if cuda < 0 else f"cuda:{cuda}")
@@ -74,7 +86,7 @@ def load_model(model_path: Optional[str | os.PathLike], cuda: Optional[int] = No
         raise ValueError(f"model_path {str(model_path)!r}: not a .nemo archive ({error})") from error
     if not isinstance(model, EncDecCTCModel):
         raise ValueError(f"model_path {str(model_path)!r} holds a {type(model).__name__}, not a CTC model")
-    return model.eval()
+    return apply_quantization(model.eval(), quantize)
 
 
 def check_decoding(model: EncDecCTCModel, decoding_cfg: DecodingConfig) -> DictConfig:

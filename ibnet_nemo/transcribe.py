@@ -51,6 +51,7 @@ class ModelOptions:
     model_path: Optional[str] = None  # a CTC model's .nemo file (IBNet or any NeMo CTC model)
     batch_size: int = 8
     cuda: Optional[int] = None  # GPU index; -1 for CPU; null: the first GPU when there is one, else CPU
+    quantize: Optional[str] = None  # int8: run int8 on the CPU (quantized at load time); null: as saved (fp32)
     debug: bool = False  # let the first failure raise with its traceback instead of recording it
     ctc_decoding: CTCDecodingConfig = field(default_factory=CTCDecodingConfig)
 
@@ -185,6 +186,6 @@ def run_transcription(cfg: TranscriptionConfig | DictConfig) -> TranscriptionSum
         FileNotFoundError, ValueError: a problem with the options (model, inputs, LM), before any transcription.
     """
     records = input_records(cfg.audio_dir, cfg.dataset_manifest, cfg.audio_filepath)
-    model = load_model(cfg.model_path, cfg.cuda)
+    model = load_model(cfg.model_path, cfg.cuda, cfg.quantize)
     set_decoding(model, cfg.ctc_decoding)
     return transcribe(model, records, cfg.output_filename, cfg.batch_size, debug=cfg.debug)

@@ -17,6 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
 SHIPPED_CONFIGS = ("quartznet_5x5", "quartznet_10x5", "ibnet_c172", "ibnet_c192", "ibnet_c256")
 SAMPLE_RATE = 16000
+#: A small IBNet (C=32, one module per block, short kernels) that learns the tiny set in a few dozen steps.
+SMALL_IBNET = ["model.encoder.C=32", "model.encoder.repeat=1", "model.encoder.kernels=[11,11,11,13,13,15,15]"]
 WORDS = ("one", "two", "three", "four", "five", "yes", "no", "hello")
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -86,3 +88,44 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
     """``{"train": manifest, "val": manifest}``: 16 and 6 generated utterances, 0.4-1.5 s each."""
     root = tmp_path_factory.mktemp("tiny_data")
     return {"train": make_dataset(root / "train", 16, seed=0), "val": make_dataset(root / "val", 6, seed=1)}
+
+
+def fit(cfg, max_steps: int):
+    """Train ``EncDecCTCModel(cfg.model)`` on the CPU for ``max_steps`` steps; returns the model and its trainer."""
+    import lightning.pytorch as pl
+    from nemo.collections.asr.models import EncDecCTCModel
+
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    model = EncDecCTCModel(cfg=cfg.model, trainer=trainer)
+    trainer.fit(model)
+    return model, trainer
+
+
+@pytest.fixture(scope="session")
+def overfit_model(tiny_data):
+    """A small IBNet trained on the tiny training set until it transcribes it, in eval mode, and its trainer.
+    Shared: tests that change it work on a copy (save it and restore the copy)."""
+    import lightning.pytorch as pl
+
+    pl.seed_everything(0)
+    overrides = data_overrides(tiny_data, batch_size=16) + SMALL_IBNET + [
+        "augment=none",
+        "model.preprocessor.dither=0.0",
+        "model.optim.name=adamw",
+        "model.optim.lr=0.01",
+        "model.optim.betas=[0.9,0.98]",
+        "model.optim.weight_decay=0.0",
+        "model.optim.sched.warmup_ratio=0.05",
+    ]
+    model, trainer = fit(compose("ibnet_c192", overrides), max_steps=50)
+    return model.eval(), trainer

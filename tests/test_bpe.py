@@ -212,6 +212,22 @@ def test_nemo_file_of_a_bpe_model_loads_and_exports(bpe_model, tmp_path):
     np.testing.assert_allclose(onnx_log_probs, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_a_bpe_model_runs_int8(bpe_model, tmp_path):
+    path = tmp_path / "bpe.nemo"
+    bpe_model.save_to(str(path))
+    fp32, int8 = load_model(path, cuda=-1), load_model(path, cuda=-1, quantize="int8")
+    assert isinstance(int8, EncDecCTCModelBPE) and int8.encoder.int8_engine is not None
+    features, lengths = torch.randn(2, 64, 301), torch.tensor([301, 200])
+    with torch.no_grad():
+        reference, reference_lengths, _ = fp32(processed_signal=features, processed_signal_length=lengths)
+        quantized, quantized_lengths, _ = int8(processed_signal=features, processed_signal_length=lengths)
+    assert torch.equal(reference_lengths, quantized_lengths)
+    error = (reference - quantized)[:, :25].abs().amax(-1)  # both utterances' valid frames
+    # Untrained, its BatchNorm statistics do not describe its activations, so int8's fixed ranges fit loosely:
+    # measured 0.08 of the spread of the log-probabilities.
+    assert (error / (reference.amax(-1) - reference.amin(-1))[:, :25]).max() < 0.15
+
+
 def test_manifest_check_counts_pieces_and_keeps_case_to_the_tokenizer(tokenizer_dir, tmp_path):
     # 0.2 s: 3200 // 160 + 1 = 21 mel frames, ceil(21 / 8) = 3 encoder frames at 8x.
     audio = tmp_path / "short.wav"

@@ -8,15 +8,16 @@ from collections import OrderedDict
 from typing import Any, Iterator, Optional, Sequence
 
 import torch
-from torch.utils.checkpoint import checkpoint
 from nemo.collections.asr.parts.submodules.jasper import init_weights
 from nemo.core.classes import Exportable, NeuralModule, typecheck
 from nemo.core.neural_types import AcousticEncodedRepresentation, LengthsType, NeuralType, SpectrogramType
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ibnet_nemo.parts.blocks import ConvBNAct, IBBlock, make_mask
 from ibnet_nemo.parts.conv_bn import ConvBN, capturing_graph
+from ibnet_nemo.parts.int8 import Int8Encoder
 
 __all__ = ["IBNetEncoder", "ibnet_layout"]
 
@@ -157,6 +158,8 @@ class IBNetEncoder(NeuralModule, Exportable):
         self._feat_in = feat_in
         self._feat_out = channels
         self.checkpoint_blocks = checkpoint_blocks
+        # int8 inference (set by quantize_int8): a snapshot of the weights, kept out of the state dict
+        self.int8_engine: Optional[Int8Encoder] = None
         self.apply(lambda module: init_weights(module, mode=init_mode))
 
     @property
@@ -195,9 +198,26 @@ class IBNetEncoder(NeuralModule, Exportable):
             if isinstance(module, ConvBN):
                 module.fast = value
 
+    def quantize_int8(self) -> None:
+        """Run inference in int8 on the CPU from now on (:class:`~ibnet_nemo.parts.int8.Int8Encoder`).
+
+        The int8 weights are a snapshot of the current ones, BatchNorm folded in; the parameters themselves stay
+        fp32 (a ``.nemo`` saved afterwards holds them). Call it again after changing the weights.
+
+        Raises:
+            ValueError: the encoder is in training mode, lives on a GPU, uses an activation other than ReLU, or
+                PyTorch has no oneDNN.
+        """
+        if self.training:
+            raise ValueError("int8 quantization needs the encoder in eval mode (.eval()): int8 runs inference only")
+        device = next(self.parameters()).device
+        if device.type != "cpu":
+            raise ValueError(f"int8 inference runs on the CPU, but the encoder is on {device}; move it with .cpu()")
+        self.int8_engine = Int8Encoder(self.layers)
+
     @typecheck()
     def forward(self, audio_signal: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encode a padded batch.
+        """Encode a padded batch (in int8 after :meth:`quantize_int8`).
 
         Args:
             audio_signal: `(B, D, T)` features.
@@ -207,6 +227,11 @@ class IBNetEncoder(NeuralModule, Exportable):
             `(B, D_out, T_out)` encoding (frames past ``encoded_lengths`` hold no meaning) and `(B,)` int64
             ``encoded_lengths``.
         """
+        if self.int8_engine is not None:
+            # Mode alone does not decide: NeMo's transcribe() leaves the encoder in training mode when it ends.
+            if (self.training and torch.is_grad_enabled()) or capturing_graph():
+                raise RuntimeError("an int8 encoder runs inference only: it cannot train or export (fp32 can)")
+            return self.int8_engine(audio_signal, length)
         x = audio_signal
         length = length.to(torch.int64)
         # Without padding every frame is valid and the blocks skip masking; exported graphs keep it for any batch.

@@ -128,7 +128,7 @@ class ConvBN(nn.Module):
         on_cpu = x.device.type == "cpu"
         if not self.fast or (self.training and not on_cpu):
             return self.bn(self.conv(x))
-        weight, bias = self._folded_weight() if not self.training else (self.conv.weight, None)
+        weight, bias = self.folded_weight() if not self.training else (self.conv.weight, None)
         conv = self.conv
         if not on_cpu:
             # A GPU's own convolutions are fast (and follow cuDNN's TF32 setting, as NeMo's convolutions do): there
@@ -155,7 +155,7 @@ class ConvBN(nn.Module):
             y = self.bn(y.reshape(-1, y.shape[-1])).view_as(y)
         return y.transpose(1, 2)
 
-    def _folded_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def folded_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Convolution weight and bias with the eval-mode BatchNorm folded in.
 
         Without autograd the result is kept and reused until a parameter or running statistic is replaced or
