@@ -8,6 +8,7 @@ import csv
 import subprocess
 import sys
 import tarfile
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -136,7 +137,7 @@ def test_recipe_trains_saves_and_the_nemo_file_restores_and_transcribes_elsewher
     assert config["target"].endswith(".EncDecCTCModelBPE") and config["encoder"]["strides"] == [2, 1, 2, 1, 2, 1, 1]
     assert any(name.endswith("_tokenizer.model") for name in names)  # the tokenizer travels in the .nemo
 
-    # Elsewhere: without the tokenizer folder, in fresh processes, through the inference scripts.
+    # Elsewhere: without the tokenizer folder, in fresh processes: the inference scripts and the launcher.
     for name in TOKENIZER_FILES:
         (local_tokenizer / name).unlink()
     run = _script("transcribe_speech.py", f"model_path={nemo_file}", f"dataset_manifest={tiny_data['val']}",
@@ -145,6 +146,20 @@ def test_recipe_trains_saves_and_the_nemo_file_restores_and_transcribes_elsewher
     transcripts = list(read_manifest(tmp_path / "transcripts.json"))
     assert len(transcripts) == 6 and all(isinstance(record["pred_text"], str) for record in transcripts)
     assert "Transcribed 6 of 6 inputs" in run.stdout
+
+    # A script that does not import the plugin (as NeMo's own), through the launcher.
+    audio = [record["audio_filepath"] for record in read_manifest(tiny_data["val"])]
+    stock_script = tmp_path / "stock_script.py"
+    stock_script.write_text(textwrap.dedent(f"""
+        from nemo.collections.asr.models import ASRModel
+        model = ASRModel.restore_from({str(nemo_file)!r}, map_location="cpu")
+        texts = [h.text for h in model.transcribe({audio!r}, batch_size=4, verbose=False)]
+        print(f"RESTORED {{type(model).__name__}} {{len(texts)}}")
+    """))
+    run = subprocess.run([sys.executable, "-m", "ibnet_nemo", str(stock_script)], cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "RESTORED EncDecCTCModelBPE 6" in run.stdout
 
     lm = build_arpa([record["text"] for record in read_manifest(tiny_data["train"])], tmp_path / "words.arpa")
     run = _script("eval_beamsearch_ngram_ctc.py", f"nemo_model_file={nemo_file}",
