@@ -17,7 +17,7 @@ import sentencepiece
 import soundfile as sf
 import torch
 import yaml
-from conftest import REPO, SAMPLE_RATE, compose
+from conftest import NO_DATA, REPO, SAMPLE_RATE, TINY_VOCAB_SIZE as VOCAB_SIZE, compose
 from nemo.collections.asr.models import EncDecCTCModelBPE
 from nemo.collections.common.tokenizers.sentencepiece_tokenizer import SentencePieceTokenizer
 
@@ -27,9 +27,7 @@ from ibnet_nemo.data.tokenizer import TOKENIZER_FILES, build_tokenizer
 from ibnet_nemo.inference import decode_log_probs, load_model, output_characters, set_decoding
 from ibnet_nemo.lm.arpa import build_arpa
 
-VOCAB_SIZE = 24  # the tiny set's 14 letters, <unk>, "▁" and 8 merges
 TINY_BPE_IBNET = ["model.encoder.C=16", "model.encoder.repeat=1", "model.encoder.kernels=[11,11,11,13,13,15,15]"]
-NO_DATA = ["model.train_ds.manifest_filepath=null", "model.validation_ds.manifest_filepath=null"]
 
 
 def _pieces(tokenizer_dir: Path) -> list[str]:
@@ -43,8 +41,8 @@ def _script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dir(tiny_data, tmp_path_factory) -> Path:
-    return build_tokenizer(tmp_path_factory.mktemp("tokenizers"), VOCAB_SIZE, manifests=[tiny_data["train"]])
+def tokenizer_dir(tiny_tokenizer) -> Path:
+    return tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, compose
+from conftest import REPO, tiny_ibnet_model
 from nemo.collections.asr.metrics.wer import word_error_rate
 from nemo.collections.asr.models import EncDecCTCModel
 from nemo.collections.asr.parts.submodules.ctc_decoding import CTCDecodingConfig
@@ -28,11 +28,8 @@ from ibnet_nemo.lm.arpa import build_arpa
 
 @pytest.fixture(scope="module")
 def nemo_file(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    cfg = compose("ibnet_c192", ["model.encoder.C=16", "model.encoder.repeat=1",
-                                 "model.train_ds.manifest_filepath=null", "model.validation_ds.manifest_filepath=null"])
     path = tmp_path_factory.mktemp("model") / "tiny_ibnet.nemo"
-    EncDecCTCModel(cfg=cfg.model).save_to(str(path))
+    tiny_ibnet_model().save_to(str(path))
     return path
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, compose
+from conftest import NO_DATA, REPO, TINY_IBNET, compose
 from nemo.collections.asr.models import ASRModel, EncDecCTCModel
 from nemo.core.classes import common as nemo_common
 from nemo.core.classes.common import UnsafeTargetError, safe_instantiate
@@ -28,8 +28,7 @@ FOREIGN_TARGETS = ("os.system", "subprocess.Popen", "builtins.eval", "ibnet_nemo
 
 
 def _tiny_config():
-    cfg = compose("ibnet_c192", ["model.encoder.C=16", "model.encoder.repeat=1",
-                                 "model.train_ds.manifest_filepath=null", "model.validation_ds.manifest_filepath=null"])
+    cfg = compose("ibnet_c192", [*TINY_IBNET, *NO_DATA])
     return cfg.model
 
 

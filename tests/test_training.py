@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import REPO, compose, make_dataset
+from conftest import REPO, TINY_IBNET, compose, make_dataset
 
 from ibnet_nemo.data.manifest import read_manifest, write_manifest
 from ibnet_nemo.data.manifest_check import ManifestCheckError
@@ -34,7 +34,6 @@ from ibnet_nemo.training import (
 )
 
 SCRIPT = REPO / "examples" / "speech_to_text_ctc.py"
-TINY_IBNET = ["model.encoder.C=16", "model.encoder.repeat=1"]
 CPU = ["trainer.accelerator=cpu", "model.train_ds.num_workers=0", "model.validation_ds.num_workers=0",
        "model.validation_ds.batch_size=8", "augment=none"]
 

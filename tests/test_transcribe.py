@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import SAMPLE_RATE, compose
+from conftest import SAMPLE_RATE, tiny_ibnet_model
 
 from ibnet_nemo import transcribe as transcribe_module
 from ibnet_nemo.audio import AudioError, load_audio
@@ -25,10 +25,7 @@ from nemo.collections.asr.parts.submodules.ctc_decoding import CTCDecodingConfig
 @pytest.fixture(scope="module")
 def model() -> EncDecCTCModel:
     """An untrained tiny IBNet CTC model (deterministic weights), greedy decoding."""
-    torch.manual_seed(0)
-    cfg = compose("ibnet_c192", ["model.encoder.C=16", "model.encoder.repeat=1",
-                                 "model.train_ds.manifest_filepath=null", "model.validation_ds.manifest_filepath=null"])
-    return EncDecCTCModel(cfg=cfg.model).eval()
+    return tiny_ibnet_model().eval()
 
 
 @pytest.fixture
