@@ -38,8 +38,12 @@ from ibnet_nemo.demo.install import KOKORO_VOICES, source_problems, voice_cache
 from ibnet_nemo.demo.neural_voices import KOKORO_SAMPLE_RATE, kokoro_blend, kokoro_tts, piper_tts
 
 __all__ = [
+    "DEBIAN_TRAIN_VOICES",
     "ENGINES",
     "HELDOUT_VOICES",
+    "KOKORO_HELDOUT",
+    "KOKORO_TRAIN_VOICES",
+    "SINGLE_SPEAKER_TRAIN_VOICES",
     "TRAIN_VOICES",
     "VOICE_CATALOG",
     "Utterance",
@@ -158,19 +162,6 @@ class Utterance:
 _ESPEAK_TRAIN_DIALECTS = ("en-us", "en", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd", "en-029")
 _ESPEAK_TRAIN_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "f1", "f2", "f3", "klatt", "klatt2", "Alex", "Annie")
 
-#: Voices the demo trains on.
-TRAIN_VOICES = (
-    *(Voice("flite", name) for name in ("kal", "kal16", "awb", "slt")),
-    *(Voice("festival", name) for name in ("kal_diphone", "cmu_us_slt_arctic_hts")),
-    *(Voice("espeak-ng", f"{d}+{v}") for d in _ESPEAK_TRAIN_DIALECTS for v in _ESPEAK_TRAIN_VARIANTS),
-)
-#: Voices never seen in training: the synthetic test set (an unseen flite and festival speaker, and an unseen
-#: espeak-ng dialect with unseen variants).
-HELDOUT_VOICES = (
-    Voice("flite", "rms"),
-    Voice("festival", "ked_diphone"),
-    *(Voice("espeak-ng", f"en-us-nyc+{v}") for v in ("m6", "f4", "klatt3")),
-)
 #: The voices of each optional voice source (Kokoro: its base voices; :func:`random_kokoro_blends` makes more).
 VOICE_CATALOG = {
     "kokoro": tuple(Voice("kokoro", name) for name in KOKORO_VOICES),
@@ -233,6 +224,31 @@ def random_kokoro_blends(
             if len(voices) == count:
                 return tuple(voices.values())
     raise ValueError(f"could not draw {count} distinct blends from {len(base_voices)} base voices")
+
+
+#: Debian main's voices the demo trains on: flite and festival speakers, espeak-ng dialects x variants.
+DEBIAN_TRAIN_VOICES = (
+    *(Voice("flite", name) for name in ("kal", "kal16", "awb", "slt")),
+    *(Voice("festival", name) for name in ("kal_diphone", "cmu_us_slt_arctic_hts")),
+    *(Voice("espeak-ng", f"{d}+{v}") for d in _ESPEAK_TRAIN_DIALECTS for v in _ESPEAK_TRAIN_VARIANTS),
+)
+#: Kokoro base voices never trained on, alone or inside a blend: one US and one UK voice of each sex.
+KOKORO_HELDOUT = ("af_heart", "am_michael", "bf_emma", "bm_george")
+#: Kokoro training speakers: random blends of the English base voices that are not held out.
+KOKORO_TRAIN_VOICES = random_kokoro_blends(1000, tuple(v for v in KOKORO_VOICES if v not in KOKORO_HELDOUT))
+#: The optional sources' voices of one recorded person each: RHVoice, MBROLA, SVOX Pico, Piper joe, festival rab.
+SINGLE_SPEAKER_TRAIN_VOICES = tuple(voice for name, voices in VOICE_CATALOG.items() if name != "kokoro"
+                                    for voice in voices)  # fmt: skip
+#: Voices the demo trains on.
+TRAIN_VOICES = DEBIAN_TRAIN_VOICES + SINGLE_SPEAKER_TRAIN_VOICES + KOKORO_TRAIN_VOICES
+#: Voices never seen in training: the synthetic test set (an unseen flite and festival speaker, an unseen
+#: espeak-ng dialect with unseen variants, and the held-out Kokoro voices).
+HELDOUT_VOICES = (
+    Voice("flite", "rms"),
+    Voice("festival", "ked_diphone"),
+    *(Voice("espeak-ng", f"en-us-nyc+{v}") for v in ("m6", "f4", "klatt3")),
+    *(Voice("kokoro", name) for name in KOKORO_HELDOUT),
+)
 
 
 def missing_engines() -> list[str]:
