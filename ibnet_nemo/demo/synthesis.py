@@ -79,8 +79,9 @@ _PERSONS = {
     "joe": (("piper", "joe"),),
 }
 _SPEAKERS = {voice: speaker for speaker, voices in _PERSONS.items() for voice in voices}
-# Utterances per job: festival pays its start-up once per job; the others are cut finer for an even load.
-_CHUNK = {"festival": 48}
+# Utterances per job: festival and Piper pay their start-up (a Piper session is seeded per job) once per job; the
+# others are cut finer for an even load.
+_CHUNK = {"festival": 48, "piper": 48}
 _DEFAULT_CHUNK = 8
 
 
@@ -303,7 +304,7 @@ def _engine_audio(voice: Voice, utterances: Sequence[Utterance], raw_dir: Path) 
         kokoro = kokoro_tts(voice_cache())
         return [(kokoro(u.text, voice.name, 1.0 / rate), KOKORO_SAMPLE_RATE) for u, rate in zip(utterances, rates)]
     if voice.engine == "piper":
-        piper = piper_tts(voice_cache())
+        piper = piper_tts(voice_cache(), seed=utterances[0].seed)
         return [(piper(u.text, rate=rate), piper.sample_rate) for u, rate in zip(utterances, rates)]
     raw = [raw_dir / f"{index}.wav" for index in range(len(utterances))]
     if voice.engine == "festival":
@@ -357,8 +358,9 @@ def synthesize_many(
     """Synthesize every (voice, utterance) job in ``workers`` processes, with a progress bar; returns the
     durations in job order.
 
-    Jobs are grouped by voice into chunks (festival's of 48 utterances, the others' of 8), which the workers take
-    as they finish; a worker loads a neural model once, on its first chunk of that engine. The workers are forked,
+    Jobs are grouped by voice into chunks (festival's and Piper's of 48 utterances, the others' of 8), which the
+    workers take as they finish; a worker loads Kokoro once, on its first Kokoro chunk, and a seeded Piper session
+    per Piper chunk, so that every chunk's audio depends on its jobs alone. The workers are forked,
     so they start at once with this process's imports; one worker runs the chunks in this process.
 
     Args:
