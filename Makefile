@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install requirements test demo clean
+.PHONY: install requirements lint test demo clean
 
 install: $(STAMP)
 
@@ -21,7 +21,12 @@ $(STAMP): setup.cfg requirements.lock
 requirements: $(STAMP)
 	$(PY) -m ibnet_nemo.demo --install-only
 
-test: requirements
+# Import order, style and formatting (ruff, configured in pyproject.toml); `make test` runs it first.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: requirements lint
 	$(PY) -m pytest tests
 
 # The offline demo (docs/demo.md): installs the missing Debian TTS/prompt packages and the `demo` extra, builds the

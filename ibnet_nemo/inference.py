@@ -11,6 +11,7 @@ through ``strategy=pyctcdecode`` and ``beam.{beam_size, ngram_lm_model, ngram_lm
 from __future__ import annotations
 
 import os
+import re
 import tarfile
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
@@ -25,14 +26,28 @@ from ibnet_nemo.audio import AudioError, load_audio
 from ibnet_nemo.cli import one_line
 from ibnet_nemo.lm.arpa import BOS, EOS, UNK, read_arpa_unigrams
 
-__all__ = ["DecodingConfig", "check_decoding", "decode_log_probs", "iter_log_probs", "load_model", "set_decoding"]
+__all__ = [
+    "DecodingConfig",
+    "check_decoding",
+    "decode_log_probs",
+    "iter_log_probs",
+    "load_model",
+    "output_characters",
+    "set_decoding",
+]
 
 #: A CTC decoding config as NeMo's ``change_decoding_strategy`` takes it (missing keys take NeMo's defaults).
 DecodingConfig = Union[CTCDecodingConfig, DictConfig, dict]
+#: SentencePiece's word-boundary mark: a piece that starts a word starts with it.
+WORD_BOUNDARY = "\u2581"
+#: SentencePiece's special pieces (``<unk>``, ``<s>``, ``</s>``, ``<pad>``): they spell no characters.
+_SPECIAL_PIECE = re.compile(r"^<[^<>]+>$")
 
 
 def load_model(model_path: Optional[str | os.PathLike], cuda: Optional[int] = None) -> EncDecCTCModel:
     """Restore a CTC model from a ``.nemo`` file, in eval mode, on the device ``cuda`` selects.
+
+    Character (``EncDecCTCModel``) and sub-word (``EncDecCTCModelBPE``, its subclass) models alike.
 
     Args:
         model_path: the ``.nemo`` file.
@@ -66,8 +81,9 @@ def check_decoding(model: EncDecCTCModel, decoding_cfg: DecodingConfig) -> DictC
     """``decoding_cfg`` merged onto NeMo's CTC decoding defaults, its LM checked against ``model``'s characters.
 
     With ``strategy=pyctcdecode`` and ``beam.ngram_lm_model`` set, the LM file must exist, and an ARPA's words
-    must be spelled with the model's characters: an upper-case ARPA (LibriSpeech's) for a lower-case model is
-    refused with the command that converts it.
+    must be spelled with the model's characters (:func:`output_characters`): an upper-case ARPA (LibriSpeech's)
+    for a lower-case model is refused with the command that converts it. For a sub-word model pyctcdecode
+    finds the words at the pieces that start with ``▁``.
 
     Raises:
         ValueError: the LM file is missing, or none of its words can be spelled by the model.
@@ -75,8 +91,18 @@ def check_decoding(model: EncDecCTCModel, decoding_cfg: DecodingConfig) -> DictC
     cfg = OmegaConf.merge(OmegaConf.structured(CTCDecodingConfig), decoding_cfg)
     lm_path = cfg.beam.ngram_lm_model if cfg.strategy == "pyctcdecode" else None
     if lm_path is not None:
-        _check_lm(Path(lm_path), set(model.decoder.vocabulary))
+        _check_lm(Path(lm_path), output_characters(model))
     return cfg
+
+
+def output_characters(model: EncDecCTCModel) -> set[str]:
+    """The characters ``model`` writes: a character model's labels (the space included); for a sub-word model
+    with a SentencePiece tokenizer, the characters of its pieces with ``▁`` read as the space and the special
+    pieces (``<unk>``, ...) left out."""
+    if getattr(model, "tokenizer", None) is None:
+        return set(model.decoder.vocabulary)
+    pieces = (piece for piece in model.decoder.vocabulary if not _SPECIAL_PIECE.match(piece))
+    return {" " if char == WORD_BOUNDARY else char for piece in pieces for char in piece}
 
 
 def set_decoding(model: EncDecCTCModel, decoding_cfg: DecodingConfig) -> None:
