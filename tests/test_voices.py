@@ -177,6 +177,14 @@ def test_kokoro_blends_are_deterministic_distinct_speakers(tmp_path):
     assert len({audio[index].size for index in range(3)}) == 3
 
 
+def test_piper_audio_follows_its_seed(tmp_path):
+    require("piper")
+    paths = [tmp_path / f"{index}.wav" for index in range(3)]
+    for path, seed in zip(paths, (7, 7, 8)):
+        synthesize(Voice("piper", "joe"), [Utterance("seven B", path, seed=seed)])
+    assert paths[0].read_bytes() == paths[1].read_bytes() != paths[2].read_bytes()
+
+
 def test_synthesize_many_in_worker_processes(tmp_path):
     require("espeak-ng")
     voices = [Voice("espeak-ng", "en-us+m1"), Voice("espeak-ng", "en-gb-x-rp+f2")]

@@ -1,8 +1,10 @@
 """Neural TTS voices run in-process with onnxruntime on espeak-ng's phonemes: Kokoro-82M (its English voices and
 weighted blends of them) and Piper's joe voice.
 
-The model files come from the voice cache (:mod:`ibnet_nemo.demo.install`). Each process loads a model once, on
-first use, into one onnxruntime session with one intra-op thread: the corpus builder runs one such process per core.
+The model files come from the voice cache (:mod:`ibnet_nemo.demo.install`). A process loads Kokoro once, on first
+use, into one onnxruntime session with one intra-op thread: the corpus builder runs one such process per core.
+Piper's VITS samples noise inside its graph from a generator seeded when the session is made, so a Piper session is
+made per batch of utterances, from a seed: the same seed and texts give the same audio.
 Text is phonemized one word per line, so that every word is read alone, as the task's utterances are meant: a
 capital ``A`` is the letter, where ``A zero`` in running text would be read as the article.
 """
@@ -110,10 +112,13 @@ def kokoro_blend(name: str) -> tuple[tuple[str, int], ...]:
     return blend
 
 
-def _onnx_session(model: Path):
-    """An onnxruntime CPU session with one thread (one process per core does the parallel work)."""
+def _onnx_session(model: Path, seed: int | None = None):
+    """An onnxruntime CPU session with one thread (one process per core does the parallel work); ``seed`` seeds
+    the random operators of its graph."""
     import onnxruntime
 
+    if seed is not None:
+        onnxruntime.set_seed(seed)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
@@ -168,19 +173,21 @@ class PiperTTS:
     Args:
         model: the voice's ``.onnx``.
         config: its ``.onnx.json`` (phoneme ids, espeak-ng voice, sample rate, inference scales).
+        seed: seed of the model's noise: two sessions of one seed give the same audio for the same calls in the same
+            order. (Default: 0)
     """
 
-    def __init__(self, model: Path, config: Path):
+    def __init__(self, model: Path, config: Path, seed: int = 0):
         settings = json.loads(config.read_text(encoding="utf-8"))
         self.sample_rate = int(settings["audio"]["sample_rate"])
         self._ids = settings["phoneme_id_map"]
         self._espeak_voice = settings["espeak"]["voice"]
         self._scales = settings["inference"]
-        self._session = _onnx_session(model)
+        self._session = _onnx_session(model, seed)
 
     def __call__(self, text: str, rate: float = 1.0) -> np.ndarray:
         """Speak ``text`` at speaking-rate factor ``rate`` (> 1 slower); returns float32 audio ``(T,)`` at
-        :attr:`sample_rate`. VITS samples its noise anew on every call, so two calls differ slightly."""
+        :attr:`sample_rate`. VITS draws new noise on every call, so a second call of the same text differs."""
         ids = [*self._ids["^"], *self._ids["_"]]
         for phoneme in " ".join(espeak_phonemes(text, self._espeak_voice, tie=False)):
             if phoneme in self._ids:
@@ -201,7 +208,6 @@ def kokoro_tts(cache: Path) -> KokoroTTS:
     return KokoroTTS(cache)
 
 
-@lru_cache(maxsize=None)
-def piper_tts(cache: Path) -> PiperTTS:
-    """This process's Piper session for the voice cache ``cache`` (loaded once)."""
-    return PiperTTS(cache / PIPER_MODEL, cache / PIPER_CONFIG)
+def piper_tts(cache: Path, seed: int) -> PiperTTS:
+    """A new Piper session for the voice cache ``cache``, its noise seeded with ``seed``."""
+    return PiperTTS(cache / PIPER_MODEL, cache / PIPER_CONFIG, seed)

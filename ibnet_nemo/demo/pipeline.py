@@ -1,6 +1,6 @@
-"""The whole demo: corpus -> train IBNet and QuartzNet (``examples/speech_to_text_ctc.py``) -> task LM -> WER of
-both, greedy and with the LM, on held-out synthetic voices and real human speech -> table, JSON, plot -> one
-real clip transcribed with ``examples/transcribe_speech.py``, the command a user types next.
+"""The whole demo: corpus -> train IBNet, and QuartzNet beside it when asked (``examples/speech_to_text_ctc.py``)
+-> task LM -> WER of each model, greedy and with the LM, on held-out synthetic voices and real human speech ->
+table, JSON, plot -> one real clip transcribed with ``examples/transcribe_speech.py``, the command a user types next.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ibnet_nemo.data.manifest import read_manifest, write_manifest
-from ibnet_nemo.demo.corpus import REAL_TEST_SET, TEST_SPLITS, build_corpus
+from ibnet_nemo.demo.corpus import REAL_TEST_SET, TEST_SPLITS, build_corpus, corpus_summary
 from ibnet_nemo.demo.report import (
     Result,
     format_table,
@@ -234,10 +234,13 @@ def run_demo(settings: DemoSettings = DemoSettings()) -> list[Result]:
     print(f"\nTask LM ({settings.lm_order}-gram of the training transcripts): {lm_path}")
     results = [result for model in trained for result in evaluate_model(model, manifests, lm_path, settings)]
 
-    results_path = write_results(results, output_dir / "results.json")
+    corpus = corpus_summary(manifests)
+    results_path = write_results(results, corpus, output_dir / "results.json")
     plot_path = plot_validation_curves({m.model.name: m.curve for m in trained}, output_dir / "validation_wer.png")
     print("\n" + format_table(results, lm_order=settings.lm_order))
-    print(f"\nResults: {results_path}\nValidation WER plot: {plot_path}")
+    hours = ", ".join(f"{source} {value:.2f} h" for source, value in corpus["hours"]["train"].items())
+    print(f"\nTraining corpus: {corpus['train_speakers']} speakers; {hours}")
+    print(f"Results: {results_path}\nValidation WER plot: {plot_path}")
     print("Models: " + ", ".join(str(m.nemo_file) for m in trained))
     _transcribe_one_clip(trained[0].nemo_file, manifests, output_dir, lm_path)
     print(f"\nDemo finished in {(time.time() - demo_start) / 60:.1f} min (corpus {corpus_minutes:.1f} min).")

@@ -1,4 +1,5 @@
-"""The demo's outputs: results records (``results.json``), the printed table, the validation-WER plot."""
+"""The demo's outputs: ``results.json`` (the corpus's speakers and hours, the WER records), the printed table, the
+validation-WER plot."""
 
 from __future__ import annotations
 
@@ -62,11 +63,14 @@ class Result:
             raise ValueError(f"utterances must be >= 1, got {self.utterances}")
 
 
-def write_results(results: Sequence[Result], path: str | os.PathLike) -> Path:
-    """Write ``results`` as a JSON list of records to ``path``."""
+def write_results(results: Sequence[Result], corpus: dict, path: str | os.PathLike) -> Path:
+    """Write ``results.json``: what the corpus held (``corpus``, from
+    :func:`~ibnet_nemo.demo.corpus.corpus_summary`: ``train_speakers``, ``hours`` per split and voice source) and
+    ``results``, a list of :class:`Result` records."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps([asdict(result) for result in results], indent=1) + "\n", encoding="utf-8")
+    document = {**corpus, "results": [asdict(result) for result in results]}
+    path.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
     return path
 
 
