@@ -95,8 +95,15 @@ def input_records(
         ValueError: not exactly one source given, the folder or manifest does not exist, a manifest line is not
             a JSON object, or the source holds no inputs.
     """
-    given = {name: value for name, value in (("audio_dir", audio_dir), ("dataset_manifest", dataset_manifest),
-                                             ("audio_filepath", audio_filepath)) if value is not None}
+    given = {
+        name: value
+        for name, value in (
+            ("audio_dir", audio_dir),
+            ("dataset_manifest", dataset_manifest),
+            ("audio_filepath", audio_filepath),
+        )
+        if value is not None
+    }
     if len(given) != 1:
         raise ValueError(f"give exactly one of audio_dir, dataset_manifest, audio_filepath; got {sorted(given)}")
     if audio_filepath is not None:

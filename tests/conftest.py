@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from nemo.collections.asr.models import EncDecCTCModel
 
 import ibnet_nemo  # noqa: F401  (registers the plugin in the test process)

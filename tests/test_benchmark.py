@@ -14,11 +14,16 @@ def test_benchmark_writes_a_consistent_table_json_and_plot(tmp_path):
     specs = (
         ModelSpec("QuartzNet 5x5", "quartznet_5x5"),
         ModelSpec("tiny IBNet", "ibnet_c192", TINY_IBNET),
-        ModelSpec("tiny IBNet, checkpoint_blocks", "ibnet_c192",
-                  (*TINY_IBNET, "++model.encoder.checkpoint_blocks=true"), inference=False),
+        ModelSpec(
+            "tiny IBNet, checkpoint_blocks",
+            "ibnet_c192",
+            (*TINY_IBNET, "++model.encoder.checkpoint_blocks=true"),
+            inference=False,
+        ),
     )
-    settings = BenchmarkSettings(inference_shapes=((1, 1.0), (2, 0.5)), train_shape=(2, 0.5),
-                                 inference_rounds=1, train_rounds=1, threads=1)
+    settings = BenchmarkSettings(
+        inference_shapes=((1, 1.0), (2, 0.5)), train_shape=(2, 0.5), inference_rounds=1, train_rounds=1, threads=1
+    )
     results = run_benchmark(CONFIG_DIR, specs, settings)
     paths = write_report(results, settings, tmp_path / "out")
 

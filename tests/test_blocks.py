@@ -8,7 +8,6 @@ from ibnet_nemo.parts.blocks import ConvBNAct, IBBlock, InvertedBottleneck, make
 from ibnet_nemo.parts.conv_bn import ConvBN, conv_output_lengths
 
 
-
 @pytest.mark.parametrize("length", [1, 2, 99, 100, 101])
 def test_stride_two_halves_lengths_rounding_up(length):
     # padding 16 for k=33: (L + 2*16 - 1*(33 - 1) - 1) // 2 + 1 == ceil(L / 2)
@@ -68,12 +67,15 @@ def test_projection_is_linear_and_matches_the_written_out_computation(fast):
     assert (y < 0).float().mean() > 0.2  # a ReLU there would leave no negative values
 
 
-@pytest.mark.parametrize("block", [
-    InvertedBottleneck(6, 6, kernel_size=9),
-    IBBlock(6, 10, kernel_size=9, repeat=2),
-    IBBlock(6, 10, kernel_size=9, repeat=3, stride=2),
-    ConvBNAct(6, 10, kernel_size=9, stride=2),
-])
+@pytest.mark.parametrize(
+    "block",
+    [
+        InvertedBottleneck(6, 6, kernel_size=9),
+        IBBlock(6, 10, kernel_size=9, repeat=2),
+        IBBlock(6, 10, kernel_size=9, repeat=3, stride=2),
+        ConvBNAct(6, 10, kernel_size=9, stride=2),
+    ],
+)
 def test_padding_never_reaches_valid_frames(block):
     block.eval()
     randomize_batchnorm(block)
@@ -135,9 +137,14 @@ def test_strided_ib_block_keeps_every_stride_th_frame_on_both_paths(fast):
 def test_conv_bn_fast_path_equals_reference_for_each_convolution_kind():
     torch.manual_seed(0)
     x = torch.randn(3, 12, 41)
-    for kwargs in ({"kernel_size": 1}, {"kernel_size": 1, "stride": 2}, {"kernel_size": 9, "groups": 12},
-                   {"kernel_size": 5, "stride": 2}, {"kernel_size": 9, "stride": 2, "groups": 12},
-                   {"kernel_size": 7, "dilation": 2, "groups": 12}):
+    for kwargs in (
+        {"kernel_size": 1},
+        {"kernel_size": 1, "stride": 2},
+        {"kernel_size": 9, "groups": 12},
+        {"kernel_size": 5, "stride": 2},
+        {"kernel_size": 9, "stride": 2, "groups": 12},
+        {"kernel_size": 7, "dilation": 2, "groups": 12},
+    ):
         out_channels = 12 if kwargs.get("groups") else 20
         fast = ConvBN(12, out_channels, **kwargs)
         reference = ConvBN(12, out_channels, fast=False, **kwargs)

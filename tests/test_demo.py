@@ -137,8 +137,15 @@ def test_result_records_and_table():
     table = format_table(results).splitlines()
     assert [cell.strip() for cell in table[0].split(" | ")][:4] == ["model", "params", "train min (CPU)", "steps"]
     assert [cell.strip() for cell in table[2].split(" | ")] == [
-        "ibnet", "674k", "7.5 (6.0)", "1000", "5.0% (10)", "4.0% (10)", "12.5% (10)", "-"
-    ]  # fmt: skip
+        "ibnet",
+        "674k",
+        "7.5 (6.0)",
+        "1000",
+        "5.0% (10)",
+        "4.0% (10)",
+        "12.5% (10)",
+        "-",
+    ]
 
 
 def test_settings_refuse_what_would_fail_after_training(tmp_path):
@@ -174,10 +181,16 @@ def demo_run(tmp_path_factory):
         real_sounds_dir=str(sounds),
         real_transcripts=str(transcripts),
     )
-    overrides = ("trainer.max_steps=4", "trainer.val_check_interval=2", "model.train_ds.batch_size=6",
-                 "model.optim.sched.warmup_steps=2", "trainer.log_every_n_steps=1")  # fmt: skip
-    settings = DemoSettings(output_dir=root / "out", corpus=corpus, models=DEMO_MODELS, train_overrides=overrides,
-                            beam_size=4)  # fmt: skip
+    overrides = (
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
+        "model.train_ds.batch_size=6",
+        "model.optim.sched.warmup_steps=2",
+        "trainer.log_every_n_steps=1",
+    )
+    settings = DemoSettings(
+        output_dir=root / "out", corpus=corpus, models=DEMO_MODELS, train_overrides=overrides, beam_size=4
+    )
     start = time.time()
     results = run_demo(settings)
     return root / "out", corpus, results, time.time() - start

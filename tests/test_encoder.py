@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from conftest import ALL_CONFIGS, NO_DATA, SHIPPED_CONFIGS, compose, small_encoder, tiny_ibnet_model
 from nemo.collections.asr.models import EncDecCTCModel, EncDecCTCModelBPE
 
-from conftest import ALL_CONFIGS, NO_DATA, SHIPPED_CONFIGS, compose, small_encoder, tiny_ibnet_model
 from ibnet_nemo.modules import IBNetEncoder, ibnet_layout
 
 # Encoder + decoder parameters (64 mel, 28 labels + blank): the exact figures, and the published sizes below.
@@ -16,9 +16,13 @@ EXPECTED_PARAMS = {
     "quartznet_5x5": 6_713_181,
     "quartznet_10x5": 12_818_781,
 }
-PUBLISHED_MILLIONS = {"ibnet_c172": 6.677, "ibnet_c192": 8.198, "ibnet_c256": 14.110,
-                      "quartznet_5x5": 6.713, "quartznet_10x5": 12.819}
-
+PUBLISHED_MILLIONS = {
+    "ibnet_c172": 6.677,
+    "ibnet_c192": 8.198,
+    "ibnet_c256": 14.110,
+    "quartznet_5x5": 6.713,
+    "quartznet_10x5": 12.819,
+}
 
 
 def test_contract_ports_widths_and_lengths():
@@ -78,8 +82,9 @@ def test_every_shipped_config_gives_finite_log_probs_and_a_gradient_for_every_pa
     assert log_probs.shape[2] == len(model.decoder.vocabulary) + 1  # + CTC blank
     assert torch.isfinite(log_probs).all()
     targets = torch.tensor([[1, 2, 3], [3, 2, 1]])
-    loss = model.loss(log_probs=log_probs, targets=targets, input_lengths=encoded_lengths,
-                      target_lengths=torch.tensor([3, 3]))
+    loss = model.loss(
+        log_probs=log_probs, targets=targets, input_lengths=encoded_lengths, target_lengths=torch.tensor([3, 3])
+    )
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
     assert torch.isfinite(loss) and not missing
@@ -93,12 +98,15 @@ def test_parameter_counts_of_the_shipped_configs(name):
     assert model.decoder._feat_in == model.encoder._feat_out
 
 
-@pytest.mark.parametrize(("override", "expected"), [
-    ("model.encoder.C=256", EXPECTED_PARAMS["ibnet_c256"]),
-    ("model.encoder.C=64", None),
-    ("model.encoder.repeat=2", None),
-    ("model.encoder.expansion=3", None),
-])
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("model.encoder.C=256", EXPECTED_PARAMS["ibnet_c256"]),
+        ("model.encoder.C=64", None),
+        ("model.encoder.repeat=2", None),
+        ("model.encoder.expansion=3", None),
+    ],
+)
 def test_one_command_line_override_gives_a_consistent_model(override, expected):
     model = EncDecCTCModel(cfg=compose("ibnet_c192", [*NO_DATA, override]).model).eval()
     if expected is not None:
@@ -116,20 +124,29 @@ def test_explicit_block_list_equals_the_width_knob():
     x, lengths = torch.randn(2, 16, 30), torch.tensor([30, 20])
     torch.testing.assert_close(listed(audio_signal=x, length=lengths)[0], knob(audio_signal=x, length=lengths)[0])
     # A hand-written layout: no C1 stride, dilated blocks.
-    custom = IBNetEncoder(feat_in=16, blocks=[
-        {"type": "conv", "filters": 12, "kernel": 3},
-        {"type": "ib", "filters": 24, "kernel": 5, "repeat": 2, "dilation": 2, "expansion": 4},
-    ])
+    custom = IBNetEncoder(
+        feat_in=16,
+        blocks=[
+            {"type": "conv", "filters": 12, "kernel": 3},
+            {"type": "ib", "filters": 24, "kernel": 5, "repeat": 2, "dilation": 2, "expansion": 4},
+        ],
+    )
     y, y_lengths = custom(audio_signal=x, length=lengths)
     assert y.shape == (2, 24, 30) and custom.subsampling_factor == 1 and y_lengths.tolist() == [30, 20]
 
 
 def test_block_entries_take_encoder_values_then_block_defaults():
-    encoder = IBNetEncoder(feat_in=16, repeat=2, expansion=3, dropout=0.1, blocks=[
-        {"type": "conv", "filters": 12, "kernel": 3},
-        {"type": "ib", "filters": 12, "kernel": 5},
-        {"type": "ib", "filters": 24, "kernel": 5, "repeat": 1, "expansion": 2, "dropout": 0.0, "residual": False},
-    ])
+    encoder = IBNetEncoder(
+        feat_in=16,
+        repeat=2,
+        expansion=3,
+        dropout=0.1,
+        blocks=[
+            {"type": "conv", "filters": 12, "kernel": 3},
+            {"type": "ib", "filters": 12, "kernel": 5},
+            {"type": "ib", "filters": 24, "kernel": 5, "repeat": 1, "expansion": 2, "dropout": 0.0, "residual": False},
+        ],
+    )
     conv, first, second = encoder.layers
     assert conv.drop.p == 0.1 and conv.stride == 1
     # omitted: the encoder's repeat, expansion and dropout, the block's dilation 1 and residual
@@ -141,16 +158,21 @@ def test_block_entries_take_encoder_values_then_block_defaults():
     assert second.layers[0].drop.p == 0.0 and second.conv_res is None
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"C": 0}, "C must be a positive integer"),
-    ({"kernels": (33, 33)}, "kernels must list 7 widths"),
-    ({"blocks": []}, "blocks must hold at least one block"),
-    ({"blocks": [{"type": "lstm", "filters": 8, "kernel": 3}]}, r"blocks\[0\].type must be"),
-    ({"blocks": [{"type": "ib", "filters": 8, "kernel": 3, "groups": 2}]}, r"unknown keys \['groups'\]"),
-    ({"blocks": [{"type": "conv", "filters": 8}]}, r"blocks\[0\] \(conv\) needs the key 'kernel'"),
-    ({"blocks": [{"type": "conv", "filters": 8, "kernel": 3}, {"type": "ib", "kernel": 3}]},
-     r"blocks\[1\] \(ib\) needs the key 'filters'"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"C": 0}, "C must be a positive integer"),
+        ({"kernels": (33, 33)}, "kernels must list 7 widths"),
+        ({"blocks": []}, "blocks must hold at least one block"),
+        ({"blocks": [{"type": "lstm", "filters": 8, "kernel": 3}]}, r"blocks\[0\].type must be"),
+        ({"blocks": [{"type": "ib", "filters": 8, "kernel": 3, "groups": 2}]}, r"unknown keys \['groups'\]"),
+        ({"blocks": [{"type": "conv", "filters": 8}]}, r"blocks\[0\] \(conv\) needs the key 'kernel'"),
+        (
+            {"blocks": [{"type": "conv", "filters": 8, "kernel": 3}, {"type": "ib", "kernel": 3}]},
+            r"blocks\[1\] \(ib\) needs the key 'filters'",
+        ),
+    ],
+)
 def test_bad_configuration_raises_value_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
         IBNetEncoder(feat_in=64, **kwargs)

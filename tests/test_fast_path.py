@@ -8,7 +8,6 @@ export, and as greedy transcripts.
 from __future__ import annotations
 
 import copy
-import json
 
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ from ibnet_nemo.benchmark import ModelSpec, build_model
 from ibnet_nemo.modules import IBNetEncoder
 from ibnet_nemo.parts.blocks import ConvBNAct, IBBlock, InvertedBottleneck, make_mask
 from ibnet_nemo.parts.conv_bn import ConvBN
+
 
 def _fast_and_reference(module: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
     """``module`` (BatchNorm randomized) with the fast path on, and a deep copy running the reference path."""

@@ -9,10 +9,10 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
+from conftest import CONFIG_DIR, REPO, SHIPPED_CONFIGS, compose, data_overrides
 from nemo.collections.asr.metrics.wer import word_error_rate
 from nemo.collections.asr.models import EncDecCTCModel
 
-from conftest import CONFIG_DIR, REPO, SHIPPED_CONFIGS, compose, data_overrides
 from ibnet_nemo.data.manifest import read_manifest
 
 SMALL_IBNET = ["model.encoder.C=32", "model.encoder.repeat=1", "model.encoder.kernels=[11,11,11,13,13,15,15]"]
@@ -87,15 +87,19 @@ def test_each_shipped_yaml_trains_through_nemos_data_loader(name, tiny_data):
 def overfit_model(tiny_data):
     """A small IBNet trained on the tiny training set until it transcribes it."""
     pl.seed_everything(0)
-    overrides = data_overrides(tiny_data, batch_size=16) + SMALL_IBNET + [
-        "augment=none",
-        "model.preprocessor.dither=0.0",
-        "model.optim.name=adamw",
-        "model.optim.lr=0.01",
-        "model.optim.betas=[0.9,0.98]",
-        "model.optim.weight_decay=0.0",
-        "model.optim.sched.warmup_ratio=0.05",
-    ]
+    overrides = (
+        data_overrides(tiny_data, batch_size=16)
+        + SMALL_IBNET
+        + [
+            "augment=none",
+            "model.preprocessor.dither=0.0",
+            "model.optim.name=adamw",
+            "model.optim.lr=0.01",
+            "model.optim.betas=[0.9,0.98]",
+            "model.optim.weight_decay=0.0",
+            "model.optim.sched.warmup_ratio=0.05",
+        ]
+    )
     model, trainer = _fit(compose("ibnet_c192", overrides), max_steps=50)
     return model.eval(), trainer
 

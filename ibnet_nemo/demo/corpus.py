@@ -68,10 +68,16 @@ class CorpusSpec:
     heldout_voices: tuple[Voice, ...] = HELDOUT_VOICES
     engine_shares: dict[str, float] = field(
         default_factory=lambda: {
-            "kokoro": 0.2, "flite": 0.1, "festival": 0.15, "espeak-ng": 0.2,
-            "rhvoice": 0.12, "mbrola": 0.12, "pico": 0.06, "piper": 0.05,
+            "kokoro": 0.2,
+            "flite": 0.1,
+            "festival": 0.15,
+            "espeak-ng": 0.2,
+            "rhvoice": 0.12,
+            "mbrola": 0.12,
+            "pico": 0.06,
+            "piper": 0.05,
         }
-    )  # fmt: skip
+    )
     rate_range: tuple[float, float] = (0.8, 1.3)
     pitch_range: tuple[float, float] = (0.88, 1.15)
     telephone_fraction: float = 0.5
@@ -136,10 +142,16 @@ def _synthesize_plan(plan: list[tuple[Voice, Utterance, str]], description: str,
     """Synthesize a plan in worker processes; returns manifest records (with voice and speaker) in plan order."""
     durations = synthesize_many([(voice, utterance) for voice, utterance, _ in plan], workers, description)
     return [
-        {"audio_filepath": str(utterance.path), "duration": round(duration, 3), "text": transcript,
-         "voice": voice.key, "speaker": voice.speaker, "voice_source": voice.source}
+        {
+            "audio_filepath": str(utterance.path),
+            "duration": round(duration, 3),
+            "text": transcript,
+            "voice": voice.key,
+            "speaker": voice.speaker,
+            "voice_source": voice.source,
+        }
         for (voice, utterance, transcript), duration in zip(plan, durations)
-    ]  # fmt: skip
+    ]
 
 
 def _cached(root: Path, spec: CorpusSpec) -> dict[str, Path] | None:
@@ -171,8 +183,9 @@ def build_corpus(
         ``{split: manifest path}`` for every split in :data:`SPLITS`.
     """
     root = Path(root).resolve()
-    spec = dataclasses.replace(spec, train_voices=available_voices(spec.train_voices),
-                               heldout_voices=available_voices(spec.heldout_voices))  # fmt: skip
+    spec = dataclasses.replace(
+        spec, train_voices=available_voices(spec.train_voices), heldout_voices=available_voices(spec.heldout_voices)
+    )
     cached = _cached(root, spec)
     if cached is not None:
         print(f"Corpus: reusing {root} (same spec, all files present)")

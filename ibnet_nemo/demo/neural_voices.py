@@ -50,11 +50,29 @@ _BLEND_PART = re.compile(r"([ab][fm]_[a-z]+)(\d*)")
 _BRITISH = (("e^ə", "ɛː"), ("iə", "ɪə"), ("ə^ʊ", "Q"))
 _AMERICAN = (("o^ʊ", "O"), ("ɜːɹ", "ɜɹ"), ("ɜː", "ɜɹ"), ("ɪə", "iə"), ("ː", ""))
 _SHARED = (
-    ("ʔˌn\u0329", "tᵊn"), ("ʔn\u0329", "tᵊn"), ("ʔn", "tᵊn"), ("ʔ", "t"),  # glottal stops are t
-    ("a^ɪ", "I"), ("a^ʊ", "W"), ("e^ɪ", "A"), ("ɔ^ɪ", "Y"), ("d^ʒ", "ʤ"), ("t^ʃ", "ʧ"), ("ə^l", "ᵊl"),
-    ("ʲo", "jo"), ("ʲə", "jə"), ("ʲ", ""), ("ɚ", "əɹ"), ("\u0303", ""),
-    ("e", "A"), ("r", "ɹ"), ("x", "k"), ("ç", "k"), ("ɐ", "ə"), ("ɬ", "l"),
-)  # fmt: skip
+    ("ʔˌn\u0329", "tᵊn"),
+    ("ʔn\u0329", "tᵊn"),
+    ("ʔn", "tᵊn"),
+    ("ʔ", "t"),  # glottal stops are t
+    ("a^ɪ", "I"),
+    ("a^ʊ", "W"),
+    ("e^ɪ", "A"),
+    ("ɔ^ɪ", "Y"),
+    ("d^ʒ", "ʤ"),
+    ("t^ʃ", "ʧ"),
+    ("ə^l", "ᵊl"),
+    ("ʲo", "jo"),
+    ("ʲə", "jə"),
+    ("ʲ", ""),
+    ("ɚ", "əɹ"),
+    ("\u0303", ""),
+    ("e", "A"),
+    ("r", "ɹ"),
+    ("x", "k"),
+    ("ç", "k"),
+    ("ɐ", "ə"),
+    ("ɬ", "l"),
+)
 _SYLLABIC = re.compile("(\\S)\u0329")  # a syllabic consonant n̩ is Kokoro's ᵊn
 
 
@@ -159,11 +177,14 @@ class KokoroTTS:
         ids = [self._vocabulary[p] for p in kokoro_phonemes(text, british) if p in self._vocabulary]
         if len(ids) >= _KOKORO_STYLES:
             raise ValueError(f"{text!r} has {len(ids)} phonemes; Kokoro takes fewer than {_KOKORO_STYLES}")
-        audio = self._session.run(None, {
-            "tokens": np.array([[0, *ids, 0]], dtype=np.int64),
-            "style": self._style(voice)[len(ids)][None, :],
-            "speed": np.array([speed], dtype=np.float32),
-        })[0]  # fmt: skip
+        audio = self._session.run(
+            None,
+            {
+                "tokens": np.array([[0, *ids, 0]], dtype=np.int64),
+                "style": self._style(voice)[len(ids)][None, :],
+                "speed": np.array([speed], dtype=np.float32),
+            },
+        )[0]
         return np.asarray(audio, dtype=np.float32).reshape(-1)
 
 
@@ -194,11 +215,14 @@ class PiperTTS:
                 ids += [*self._ids[phoneme], *self._ids["_"]]
         ids += self._ids["$"]
         scales = [self._scales["noise_scale"], self._scales["length_scale"] * rate, self._scales["noise_w"]]
-        audio = self._session.run(None, {
-            "input": np.array([ids], dtype=np.int64),
-            "input_lengths": np.array([len(ids)], dtype=np.int64),
-            "scales": np.array(scales, dtype=np.float32),
-        })[0]  # fmt: skip
+        audio = self._session.run(
+            None,
+            {
+                "input": np.array([ids], dtype=np.int64),
+                "input_lengths": np.array([len(ids)], dtype=np.int64),
+                "scales": np.array(scales, dtype=np.float32),
+            },
+        )[0]
         return np.asarray(audio, dtype=np.float32).reshape(-1)
 
 

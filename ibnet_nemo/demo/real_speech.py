@@ -84,6 +84,13 @@ def build_real_test_set(
         audio = resample(audio.mean(axis=1), rate, SAMPLE_RATE)
         path = out_dir / f"{name.replace('/', '_')}.wav"
         sf.write(path, audio, SAMPLE_RATE, subtype="PCM_16")
-        records.append({"audio_filepath": str(path), "duration": round(audio.size / SAMPLE_RATE, 3), "text": text,
-                        "speaker": ASTERISK_SPEAKER, "source": str(sounds_dir / f"{name}.wav")})  # fmt: skip
+        records.append(
+            {
+                "audio_filepath": str(path),
+                "duration": round(audio.size / SAMPLE_RATE, 3),
+                "text": text,
+                "speaker": ASTERISK_SPEAKER,
+                "source": str(sounds_dir / f"{name}.wav"),
+            }
+        )
     return records

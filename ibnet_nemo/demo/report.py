@@ -86,8 +86,12 @@ def format_table(results: Sequence[Result], lm_order: int = DemoSettings.lm_orde
         mine = [result for result in results if result.model == model]
         wer = {(result.test_set, result.decoding): result for result in mine}
         first = mine[0]
-        cells = [model, f"{first.params / 1e3:.0f}k", f"{first.train_minutes:.1f} ({first.train_cpu_minutes:.1f})",
-                 str(first.train_steps)]  # fmt: skip
+        cells = [
+            model,
+            f"{first.params / 1e3:.0f}k",
+            f"{first.train_minutes:.1f} ({first.train_cpu_minutes:.1f})",
+            str(first.train_steps),
+        ]
         cells += [f"{wer[c].wer:.1f}% ({wer[c].utterances})" if c in wer else "-" for c in columns]
         rows.append(cells)
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]

@@ -112,5 +112,12 @@ class DemoSettings:
         """NeMo's CTC decoding config of ``decoding``, with these settings' beam and the task LM ``lm_path``."""
         if not decoding.beam_lm:
             return {"strategy": "greedy_batch"}
-        return {"strategy": "pyctcdecode", "beam": {"beam_size": self.beam_size, "ngram_lm_model": str(lm_path),
-                                                    "ngram_lm_alpha": self.lm_alpha, "beam_beta": self.lm_beta}}
+        return {
+            "strategy": "pyctcdecode",
+            "beam": {
+                "beam_size": self.beam_size,
+                "ngram_lm_model": str(lm_path),
+                "ngram_lm_alpha": self.lm_alpha,
+                "beam_beta": self.lm_beta,
+            },
+        }

@@ -238,8 +238,9 @@ KOKORO_HELDOUT = ("af_heart", "am_michael", "bf_emma", "bm_george")
 #: Kokoro training speakers: random blends of the English base voices that are not held out.
 KOKORO_TRAIN_VOICES = random_kokoro_blends(1000, tuple(v for v in KOKORO_VOICES if v not in KOKORO_HELDOUT))
 #: The optional sources' voices of one recorded person each: RHVoice, MBROLA, SVOX Pico, Piper joe, festival rab.
-SINGLE_SPEAKER_TRAIN_VOICES = tuple(voice for name, voices in VOICE_CATALOG.items() if name != "kokoro"
-                                    for voice in voices)  # fmt: skip
+SINGLE_SPEAKER_TRAIN_VOICES = tuple(
+    voice for name, voices in VOICE_CATALOG.items() if name != "kokoro" for voice in voices
+)
 #: Voices the demo trains on.
 TRAIN_VOICES = DEBIAN_TRAIN_VOICES + SINGLE_SPEAKER_TRAIN_VOICES + KOKORO_TRAIN_VOICES
 #: Voices never seen in training: the synthetic test set (an unseen flite and festival speaker, an unseen
@@ -265,8 +266,10 @@ def available_voices(voices: Sequence[Voice]) -> tuple[Voice, ...]:
     for source, missing in problems.items():
         if missing:
             left_out = [voice.key for voice in voices if voice.source == source]
-            print(f"Leaving out {len(left_out)} {source} voice(s) ({', '.join(left_out[:4])}"
-                  f"{', ...' if len(left_out) > 4 else ''}): missing {', '.join(missing)}")  # fmt: skip
+            print(
+                f"Leaving out {len(left_out)} {source} voice(s) ({', '.join(left_out[:4])}"
+                f"{', ...' if len(left_out) > 4 else ''}): missing {', '.join(missing)}"
+            )
     return tuple(voice for voice in voices if not problems[voice.source])
 
 

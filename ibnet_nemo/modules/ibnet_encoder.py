@@ -8,12 +8,12 @@ from collections import OrderedDict
 from typing import Any, Iterator, Optional, Sequence
 
 import torch
-from torch.utils.checkpoint import checkpoint
 from nemo.collections.asr.parts.submodules.jasper import init_weights
 from nemo.core.classes import Exportable, NeuralModule, typecheck
 from nemo.core.neural_types import AcousticEncodedRepresentation, LengthsType, NeuralType, SpectrogramType
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ibnet_nemo.parts.blocks import ConvBNAct, IBBlock, make_mask
 from ibnet_nemo.parts.conv_bn import ConvBN, capturing_graph
@@ -54,10 +54,20 @@ def ibnet_layout(
     widths = (C, C, 2 * C, 2 * C, 2 * C)
     return [
         {"type": "conv", "filters": C, "kernel": kernels[0], "stride": strides[0]},
-        *({"type": "ib", "filters": w, "kernel": k, "stride": s, "repeat": repeat, "expansion": expansion}
-          for w, k, s in zip(widths, kernels[1:6], strides[1:6])),
-        {"type": "ib", "filters": 2 * C, "kernel": kernels[6], "stride": strides[6], "repeat": 1,
-         "expansion": expansion, "dilation": c2_dilation, "residual": False},
+        *(
+            {"type": "ib", "filters": w, "kernel": k, "stride": s, "repeat": repeat, "expansion": expansion}
+            for w, k, s in zip(widths, kernels[1:6], strides[1:6])
+        ),
+        {
+            "type": "ib",
+            "filters": 2 * C,
+            "kernel": kernels[6],
+            "stride": strides[6],
+            "repeat": 1,
+            "expansion": expansion,
+            "dilation": c2_dilation,
+            "residual": False,
+        },
         {"type": "conv", "filters": 4 * C, "kernel": 1},
     ]
 
