@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install requirements test demo clean
+.PHONY: install requirements lint test demo clean
 
 install: $(STAMP)
 
@@ -21,11 +21,17 @@ $(STAMP): setup.cfg requirements.lock
 requirements: $(STAMP)
 	$(PY) -m ibnet_nemo.demo --install-only
 
-test: requirements
+# Import order, style and formatting (ruff, configured in pyproject.toml); `make test` runs it first.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: requirements lint
 	$(PY) -m pytest tests
 
 # The offline demo (docs/demo.md): installs the missing Debian TTS/prompt packages and the `demo` extra, builds the
-# corpus, trains IBNet and QuartzNet, prints the WER table. All of it is `python -m ibnet_nemo.demo`.
+# corpus, trains IBNet, prints the WER table. All of it is `python -m ibnet_nemo.demo` (`--compare` also trains
+# QuartzNet beside it).
 demo: requirements
 	$(PY) -m ibnet_nemo.demo --no-install
 

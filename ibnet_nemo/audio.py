@@ -75,8 +75,11 @@ class AudioReader:
                 yielded by then, and the message says after how many seconds of audio the damage lies.
         """
         file_rate = self._file.samplerate
-        resampler = None if file_rate == self.sample_rate else soxr.ResampleStream(
-            file_rate, self.sample_rate, 1, dtype="float32", quality="HQ")
+        resampler = (
+            None
+            if file_rate == self.sample_rate
+            else soxr.ResampleStream(file_rate, self.sample_rate, 1, dtype="float32", quality="HQ")
+        )
         block_frames = max(1, round(BLOCK_SECONDS * file_rate))
         frames_read = 0
         while True:
@@ -86,8 +89,9 @@ class AudioReader:
                 block = self._file.read(block_frames, dtype="float32", always_2d=True)
             except sf.LibsndfileError as error:
                 yield from _flush(resampler)
-                raise AudioError(f"audio data is truncated or corrupt after {frames_read / file_rate:.2f} s "
-                                 f"({error.error_string})") from None
+                raise AudioError(
+                    f"audio data is truncated or corrupt after {frames_read / file_rate:.2f} s ({error.error_string})"
+                ) from None
             if block.shape[0] == 0:
                 break
             finite = np.isfinite(block).all(axis=1)

@@ -13,6 +13,7 @@ through ``strategy=pyctcdecode`` and ``beam.{beam_size, ngram_lm_model, ngram_lm
 from __future__ import annotations
 
 import os
+import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ __all__ = [
     "iter_log_probs",
     "load_model",
     "normalize_buffer_features",
+    "output_characters",
     "set_decoding",
 ]
 
@@ -65,10 +67,16 @@ WORD_BREAK_PAUSE_SECONDS = 0.4
 
 #: A CTC decoding config as NeMo's ``change_decoding_strategy`` takes it (missing keys take NeMo's defaults).
 DecodingConfig = Union[CTCDecodingConfig, DictConfig, dict]
+#: SentencePiece's word-boundary mark: a piece that starts a word starts with it.
+WORD_BOUNDARY = "\u2581"
+#: SentencePiece's special pieces (``<unk>``, ``<s>``, ``</s>``, ``<pad>``): they spell no characters.
+_SPECIAL_PIECE = re.compile(r"^<[^<>]+>$")
 
 
 def load_model(model_path: Optional[str | os.PathLike], cuda: Optional[int] = None) -> EncDecCTCModel:
     """Restore a CTC model from a ``.nemo`` file, in eval mode, on the device ``cuda`` selects.
+
+    Character (``EncDecCTCModel``) and sub-word (``EncDecCTCModelBPE``, its subclass) models alike.
 
     Args:
         model_path: the ``.nemo`` file.
@@ -102,8 +110,9 @@ def check_decoding(model: EncDecCTCModel, decoding_cfg: DecodingConfig) -> DictC
     """``decoding_cfg`` merged onto NeMo's CTC decoding defaults, its LM checked against ``model``'s characters.
 
     With ``strategy=pyctcdecode`` and ``beam.ngram_lm_model`` set, the LM file must exist, and an ARPA's words
-    must be spelled with the model's characters: an upper-case ARPA (LibriSpeech's) for a lower-case model is
-    refused with the command that converts it.
+    must be spelled with the model's characters (:func:`output_characters`): an upper-case ARPA (LibriSpeech's)
+    for a lower-case model is refused with the command that converts it. For a sub-word model pyctcdecode
+    finds the words at the pieces that start with ``▁``.
 
     Raises:
         ValueError: the LM file is missing, or none of its words can be spelled by the model.
@@ -111,8 +120,18 @@ def check_decoding(model: EncDecCTCModel, decoding_cfg: DecodingConfig) -> DictC
     cfg = OmegaConf.merge(OmegaConf.structured(CTCDecodingConfig), decoding_cfg)
     lm_path = cfg.beam.ngram_lm_model if cfg.strategy == "pyctcdecode" else None
     if lm_path is not None:
-        _check_lm(Path(lm_path), set(model.decoder.vocabulary))
+        _check_lm(Path(lm_path), output_characters(model))
     return cfg
+
+
+def output_characters(model: EncDecCTCModel) -> set[str]:
+    """The characters ``model`` writes: a character model's labels (the space included); for a sub-word model
+    with a SentencePiece tokenizer, the characters of its pieces with ``▁`` read as the space and the special
+    pieces (``<unk>``, ...) left out."""
+    if getattr(model, "tokenizer", None) is None:
+        return set(model.decoder.vocabulary)
+    pieces = (piece for piece in model.decoder.vocabulary if not _SPECIAL_PIECE.match(piece))
+    return {" " if char == WORD_BOUNDARY else char for piece in pieces for char in piece}
 
 
 def set_decoding(model: EncDecCTCModel, decoding_cfg: DecodingConfig) -> None:
@@ -213,9 +232,7 @@ def _forward_robust(audios: list[np.ndarray], model: EncDecCTCModel, debug: bool
         return [outcome for audio in audios for outcome in _forward_robust([audio], model, debug)]
 
 
-def _forward(
-    audios: list[np.ndarray], model: EncDecCTCModel, buffers: bool = False
-) -> list[np.ndarray | AudioError]:
+def _forward(audios: list[np.ndarray], model: EncDecCTCModel, buffers: bool = False) -> list[np.ndarray | AudioError]:
     """One padded forward pass; per input its log-probs ``(T', V + 1)`` or why it has none.
 
     ``buffers``: the inputs are buffers of a long recording, whose features are normalized as
@@ -280,8 +297,10 @@ class Chunking:
         if not self.chunk_len_in_secs > 0:
             raise ValueError(f"chunk_len_in_secs must be positive, got {self.chunk_len_in_secs}")
         if not self.total_buffer_in_secs >= self.chunk_len_in_secs:
-            raise ValueError(f"total_buffer_in_secs must be >= chunk_len_in_secs ({self.chunk_len_in_secs}), "
-                             f"got {self.total_buffer_in_secs}")
+            raise ValueError(
+                f"total_buffer_in_secs must be >= chunk_len_in_secs ({self.chunk_len_in_secs}), "
+                f"got {self.total_buffer_in_secs}"
+            )
 
 
 def frame_samples(model: EncDecCTCModel) -> int:
@@ -309,8 +328,11 @@ class ChunkLayout:
         samples = frame_samples(model)
         frame_seconds = samples / model.cfg.sample_rate
         context_seconds = (chunking.total_buffer_in_secs - chunking.chunk_len_in_secs) / 2
-        return cls(samples, chunk_frames=max(1, round(chunking.chunk_len_in_secs / frame_seconds)),
-                   context_frames=round(context_seconds / frame_seconds))
+        return cls(
+            samples,
+            chunk_frames=max(1, round(chunking.chunk_len_in_secs / frame_seconds)),
+            context_frames=round(context_seconds / frame_seconds),
+        )
 
     @property
     def chunk_samples(self) -> int:
@@ -371,8 +393,9 @@ def chunked_log_probs(
     # long-lived pieces among the forward passes' large temporaries would fragment the heap.
     merged: Optional[np.ndarray] = None
     filled = 0
-    with tqdm(total=round(reader.duration, 1), unit="s", desc="Audio seconds", leave=False,
-              disable=not progress) as bar:
+    with tqdm(
+        total=round(reader.duration, 1), unit="s", desc="Audio seconds", leave=False, disable=not progress
+    ) as bar:
         for batch in _batches(_buffers(blocks(), layout), batch_size):
             outcomes = _forward([buffer for buffer, _, _ in batch], model, buffers=True)
             for (_, first, count), outcome in zip(batch, outcomes):
@@ -478,8 +501,11 @@ def _buffers(blocks: Iterator[np.ndarray], layout: ChunkLayout) -> Iterator[tupl
         last = ended and chunk_start + chunk >= held_end
         buffer_end = min(nominal_end, held_end)
         buffer_start = max(0, min(chunk_start - context, buffer_end - size)) // fs * fs
-        yield (window[buffer_start - window_start : buffer_end - window_start], (chunk_start - buffer_start) // fs,
-               None if last else layout.chunk_frames)
+        yield (
+            window[buffer_start - window_start : buffer_end - window_start],
+            (chunk_start - buffer_start) // fs,
+            None if last else layout.chunk_frames,
+        )
         if last:
             return
         chunk_start += chunk
@@ -520,8 +546,14 @@ def break_words_at_pauses(model: EncDecCTCModel, log_probs: np.ndarray) -> np.nd
     run_starts = np.flatnonzero(np.diff(path, prepend=-1))
     run_ends = np.append(run_starts[1:], path.size)
     for start, end in zip(run_starts.tolist(), run_ends.tolist()):
-        if (path[start] == blank and end - start >= min_frames and start > 0 and end < path.size
-                and path[start - 1] != space and path[end] != space):
+        if (
+            path[start] == blank
+            and end - start >= min_frames
+            and start > 0
+            and end < path.size
+            and path[start - 1] != space
+            and path[end] != space
+        ):
             middle = (start + end) // 2
             edited[middle, [space, blank]] = edited[middle, [blank, space]]
     return edited
@@ -539,7 +571,9 @@ def decode_hypotheses(model: EncDecCTCModel, log_probs: Sequence[np.ndarray]) ->
     for utterance in log_probs:
         (hypothesis,) = model.decoding.ctc_decoder_predictions_tensor(
             torch.from_numpy(break_words_at_pauses(model, utterance))[None],
-            decoder_lengths=torch.tensor([utterance.shape[0]]), return_hypotheses=True)
+            decoder_lengths=torch.tensor([utterance.shape[0]]),
+            return_hypotheses=True,
+        )
         hypotheses.append(hypothesis[0] if isinstance(hypothesis, list) else hypothesis)  # an n-best list: its best
     return hypotheses
 

@@ -86,11 +86,17 @@ def build_recording(
         while position < seconds * sample_rate:
             record = records[len(utterances) % len(records)]
             audio = load_audio(record["audio_filepath"], sample_rate)
-            _, (speech_start, _) = librosa.effects.trim(audio, top_db=_ONSET_TOP_DB, frame_length=400,
-                                                        hop_length=sample_rate // 100)
-            utterances.append(RecordingUtterance(record["text"], position / sample_rate,
-                                                 (position + audio.size) / sample_rate,
-                                                 (position + int(speech_start)) / sample_rate))
+            _, (speech_start, _) = librosa.effects.trim(
+                audio, top_db=_ONSET_TOP_DB, frame_length=400, hop_length=sample_rate // 100
+            )
+            utterances.append(
+                RecordingUtterance(
+                    record["text"],
+                    position / sample_rate,
+                    (position + audio.size) / sample_rate,
+                    (position + int(speech_start)) / sample_rate,
+                )
+            )
             out.write(np.concatenate([audio, gap]))
             position += audio.size + gap.size
     return utterances
@@ -123,8 +129,12 @@ def _status_mb(field: str) -> float:
 
 def _run_child(model_path: str, audio: Path, output: Path) -> dict:
     """Transcribe ``audio`` in a fresh process; its wall time and peak resident memory."""
-    run = subprocess.run([sys.executable, "-m", "ibnet_nemo.long_benchmark", "--child", model_path, str(audio),
-                          str(output)], capture_output=True, text=True, check=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "ibnet_nemo.long_benchmark", "--child", model_path, str(audio), str(output)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
@@ -135,8 +145,16 @@ def _child(model_path: str, audio: str, output: str) -> None:
     Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak to the present resident size
     start = time.perf_counter()
     transcribe(model, [{"audio_filepath": audio}], output, batch_size=8)
-    print(json.dumps({"seconds": time.perf_counter() - start, "model_loaded_rss_mb": loaded,
-                      "transcription_peak_rss_mb": _status_mb("VmHWM"), "loading_peak_rss_mb": process_peak}))
+    print(
+        json.dumps(
+            {
+                "seconds": time.perf_counter() - start,
+                "model_loaded_rss_mb": loaded,
+                "transcription_peak_rss_mb": _status_mb("VmHWM"),
+                "loading_peak_rss_mb": process_peak,
+            }
+        )
+    )
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -157,8 +175,14 @@ def measure(args: argparse.Namespace) -> dict:
         chunk, total = (duration, duration) if buffer == "whole" else map(float, buffer.split(":"))
         output = work / f"buffer_{buffer.replace(':', '_')}.json"
         start = time.perf_counter()
-        transcribe(model, [{"audio_filepath": str(recording)}], output, args.batch_size,
-                   chunking=Chunking(chunk, total), timestamps=True)
+        transcribe(
+            model,
+            [{"audio_filepath": str(recording)}],
+            output,
+            args.batch_size,
+            chunking=Chunking(chunk, total),
+            timestamps=True,
+        )
         elapsed = time.perf_counter() - start
         (record,) = read_manifest(output)
         return elapsed, record
@@ -181,20 +205,43 @@ def measure(args: argparse.Namespace) -> dict:
     offsets = first_word_offsets(outputs[default]["word"], utterances)
     within = sum(o is not None and abs(o) <= args.onset_tolerance for o in offsets)
     results = {
-        "model": args.model, "manifest": args.manifest, "utterances": len(utterances),
-        "recording_seconds": duration, "speech_seconds": speech_seconds, "torch_threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(), "load_average_at_start": load_before, "load_average_at_end": os.getloadavg(),
-        "repeats": args.repeats, "chunk_len_in_secs": CHUNK_LEN_IN_SECS, "total_buffer_in_secs": TOTAL_BUFFER_IN_SECS,
-        "one_by_one": {"wer": word_error_rate([r["pred_text"] for r in singles], [u.text for u in utterances]),
-                       "seconds": statistics.median(times["one_by_one"]), "audio_seconds": speech_seconds},
-        "long": {"wer": word_error_rate([outputs[default]["pred_text"]], [reference]),
-                 "seconds": statistics.median(times[default]), "audio_seconds": duration},
-        "onsets": {"tolerance": args.onset_tolerance, "within": within, "share": within / len(utterances),
-                   "median_offset": statistics.median(o for o in offsets if o is not None),
-                   "without_word": sum(o is None for o in offsets)},
-        "buffers": [{"buffer": buffer, "wer": word_error_rate([outputs[buffer]["pred_text"]], [reference]),
-                     "audio_seconds_per_second": duration / statistics.median(times[buffer])}
-                    for buffer in args.buffers],
+        "model": args.model,
+        "manifest": args.manifest,
+        "utterances": len(utterances),
+        "recording_seconds": duration,
+        "speech_seconds": speech_seconds,
+        "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "load_average_at_start": load_before,
+        "load_average_at_end": os.getloadavg(),
+        "repeats": args.repeats,
+        "chunk_len_in_secs": CHUNK_LEN_IN_SECS,
+        "total_buffer_in_secs": TOTAL_BUFFER_IN_SECS,
+        "one_by_one": {
+            "wer": word_error_rate([r["pred_text"] for r in singles], [u.text for u in utterances]),
+            "seconds": statistics.median(times["one_by_one"]),
+            "audio_seconds": speech_seconds,
+        },
+        "long": {
+            "wer": word_error_rate([outputs[default]["pred_text"]], [reference]),
+            "seconds": statistics.median(times[default]),
+            "audio_seconds": duration,
+        },
+        "onsets": {
+            "tolerance": args.onset_tolerance,
+            "within": within,
+            "share": within / len(utterances),
+            "median_offset": statistics.median(o for o in offsets if o is not None),
+            "without_word": sum(o is None for o in offsets),
+        },
+        "buffers": [
+            {
+                "buffer": buffer,
+                "wer": word_error_rate([outputs[buffer]["pred_text"]], [reference]),
+                "audio_seconds_per_second": duration / statistics.median(times[buffer]),
+            }
+            for buffer in args.buffers
+        ],
     }
     results["memory"] = {}
     for minutes in args.memory_minutes:
@@ -207,7 +254,7 @@ def measure(args: argparse.Namespace) -> dict:
 def _markdown(results: dict) -> str:
     one, long = results["one_by_one"], results["long"]
     lines = [
-        f"| run | WER | wall seconds | audio seconds per second |",
+        "| run | WER | wall seconds | audio seconds per second |",
         "|---|---|---|---|",
         f"| {results['utterances']} utterances one by one | {100 * one['wer']:.1f} % | {one['seconds']:.1f} | "
         f"{one['audio_seconds'] / one['seconds']:.1f} |",
@@ -220,14 +267,23 @@ def _markdown(results: dict) -> str:
         "",
         "| chunk_len_in_secs | total_buffer_in_secs | WER | audio seconds per second |",
         "|---|---|---|---|",
-        *(("| whole recording, one sequence | | " if row["buffer"] == "whole" else
-           "| {} | {} | ".format(*row["buffer"].split(":"))) + f"{100 * row['wer']:.1f} % | "
-          f"{row['audio_seconds_per_second']:.1f} |" for row in results["buffers"]),
+        *(
+            (
+                "| whole recording, one sequence | | "
+                if row["buffer"] == "whole"
+                else "| {} | {} | ".format(*row["buffer"].split(":"))
+            )
+            + f"{100 * row['wer']:.1f} % | "
+            f"{row['audio_seconds_per_second']:.1f} |"
+            for row in results["buffers"]
+        ),
         "",
         "| recording | resident MB with the model loaded | peak resident MB while transcribing |",
         "|---|---|---|",
-        *(f"| {minutes} min | {run['model_loaded_rss_mb']:.0f} | {run['transcription_peak_rss_mb']:.0f} |"
-          for minutes, run in results["memory"].items()),
+        *(
+            f"| {minutes} min | {run['model_loaded_rss_mb']:.0f} | {run['transcription_peak_rss_mb']:.0f} |"
+            for minutes, run in results["memory"].items()
+        ),
     ]
     return "\n".join(lines)
 
@@ -241,8 +297,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--memory-minutes", type=float, nargs="+", default=[1.0, 5.0, 60.0])
     parser.add_argument("--gap-seconds", type=float, default=0.5)
     parser.add_argument("--onset-tolerance", type=float, default=0.25)
-    parser.add_argument("--buffers", nargs="+",
-                        default=["2:6", "4:8", "8:10", "8:12", "8:16", "16:20", "32:36", "whole"])
+    parser.add_argument(
+        "--buffers", nargs="+", default=["2:6", "4:8", "8:10", "8:12", "8:16", "16:20", "32:36", "whole"]
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     argv = sys.argv[1:] if argv is None else list(argv)

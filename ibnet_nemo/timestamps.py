@@ -104,12 +104,19 @@ def timed_transcripts(model: EncDecCTCModel, log_probs: Sequence[np.ndarray]) ->
     transcripts = []
     for utterance, hypothesis in zip(log_probs, decode_hypotheses(model, log_probs)):
         if strategy == "pyctcdecode":
-            offsets = [{"word": word, "start_offset": start, "end_offset": end}
-                       for word, (start, end) in hypothesis.timestamp]
+            offsets = [
+                {"word": word, "start_offset": start, "end_offset": end} for word, (start, end) in hypothesis.timestamp
+            ]
         else:
             offsets = _greedy_word_offsets(decoding, break_words_at_pauses(model, utterance))
-        words = [{**offset, "start": round(offset["start_offset"] * frame_seconds, 3),
-                  "end": round(offset["end_offset"] * frame_seconds, 3)} for offset in offsets]
+        words = [
+            {
+                **offset,
+                "start": round(offset["start_offset"] * frame_seconds, 3),
+                "end": round(offset["end_offset"] * frame_seconds, 3),
+            }
+            for offset in offsets
+        ]
         transcripts.append(TimedTranscript(hypothesis.text, words, subtitle_segments(words, separators)))
     return transcripts
 
@@ -129,11 +136,17 @@ def _greedy_word_offsets(decoding, log_probs: np.ndarray) -> list[dict]:
         decoded.append({"char": decoding.decode_tokens_to_str([token]), "start_offset": start, "end_offset": end})
     if not decoded:
         return []
-    words = get_words_offsets(decoded, encoded, decoding.decode_tokens_to_str,
-                              word_delimiter_char=decoding.word_seperator, tokenizer_type=decoding.tokenizer_type,
-                              supported_punctuation=decoding.supported_punctuation)
-    return [{"word": w["word"], "start_offset": int(w["start_offset"]), "end_offset": int(w["end_offset"])}
-            for w in words]
+    words = get_words_offsets(
+        decoded,
+        encoded,
+        decoding.decode_tokens_to_str,
+        word_delimiter_char=decoding.word_seperator,
+        tokenizer_type=decoding.tokenizer_type,
+        supported_punctuation=decoding.supported_punctuation,
+    )
+    return [
+        {"word": w["word"], "start_offset": int(w["start_offset"]), "end_offset": int(w["end_offset"])} for w in words
+    ]
 
 
 def subtitle_segments(words: Sequence[dict], separators: Sequence[str] = (".", "!", "?")) -> list[dict]:
@@ -154,9 +167,11 @@ def subtitle_segments(words: Sequence[dict], separators: Sequence[str] = (".", "
     current: list[dict] = []
     length = 0
     for word in words:
-        if current and (length + 1 + len(word["word"]) > SEGMENT_MAX_CHARS
-                        or word["end"] - current[0]["start"] > SEGMENT_MAX_SECONDS
-                        or word["start"] - current[-1]["end"] >= SEGMENT_PAUSE_SECONDS):
+        if current and (
+            length + 1 + len(word["word"]) > SEGMENT_MAX_CHARS
+            or word["end"] - current[0]["start"] > SEGMENT_MAX_SECONDS
+            or word["start"] - current[-1]["end"] >= SEGMENT_PAUSE_SECONDS
+        ):
             segments.append(_segment(current))
             current, length = [], 0
         length += len(word["word"]) + (1 if current else 0)
@@ -170,8 +185,13 @@ def subtitle_segments(words: Sequence[dict], separators: Sequence[str] = (".", "
 
 
 def _segment(words: list[dict]) -> dict:
-    return {"segment": " ".join(word["word"] for word in words), "start_offset": words[0]["start_offset"],
-            "end_offset": words[-1]["end_offset"], "start": words[0]["start"], "end": words[-1]["end"]}
+    return {
+        "segment": " ".join(word["word"] for word in words),
+        "start_offset": words[0]["start_offset"],
+        "end_offset": words[-1]["end_offset"],
+        "start": words[0]["start"],
+        "end": words[-1]["end"],
+    }
 
 
 def write_timed_file(path: str | os.PathLike, output_format: str, transcript: TimedTranscript, name: str) -> Path:
@@ -191,8 +211,10 @@ def write_timed_file(path: str | os.PathLike, output_format: str, transcript: Ti
         separator = "," if output_format == "srt" else "."
         lines = ["WEBVTT\n\n"] if output_format == "vtt" else []
         for number, segment in enumerate(transcript.segments, start=1):
-            cue = (f"{_clock(segment['start'], separator)} --> {_clock(segment['end'], separator)}\n"
-                   f"{segment['segment']}\n\n")
+            cue = (
+                f"{_clock(segment['start'], separator)} --> {_clock(segment['end'], separator)}\n"
+                f"{segment['segment']}\n\n"
+            )
             lines.append(f"{number}\n{cue}" if output_format == "srt" else cue)
     with atomic_path(path) as tmp:
         tmp.write_text("".join(lines), encoding="utf-8")

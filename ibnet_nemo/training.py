@@ -1,7 +1,8 @@
 """Train a NeMo CTC model (IBNet or QuartzNet) from a Hydra config, with the guards a long run needs.
 
 ``examples/speech_to_text_ctc.py`` is a thin entry point around :func:`train`. On top of NeMo's
-``EncDecCTCModel`` + Lightning ``Trainer`` + ``exp_manager`` flow this adds:
+``EncDecCTCModel`` + Lightning ``Trainer`` + ``exp_manager`` flow (``EncDecCTCModelBPE`` when the model config has
+a ``tokenizer:`` block, as in NeMo's ``speech_to_text_ctc_bpe.py``) this adds:
 
 - a pre-flight manifest check (:mod:`ibnet_nemo.data.manifest_check`) that stops before any compute when the
   data is unusable and otherwise trains on a cleaned manifest, saying what it dropped;
@@ -29,14 +30,14 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from nemo.collections.asr.models import EncDecCTCModel
+from nemo.collections.asr.models import EncDecCTCModel, EncDecCTCModelBPE
 from nemo.utils.callbacks.nemo_model_checkpoint import NeMoModelCheckpoint
 from nemo.utils.exp_manager import exp_manager
 from nemo.utils.get_rank import is_global_rank_zero
 from nemo.utils.trainer_utils import resolve_trainer_cfg
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ibnet_nemo.data.manifest_check import ManifestCheckError, check_manifest
+from ibnet_nemo.data.manifest_check import ManifestCheckError, SubwordUnits, check_manifest
 from ibnet_nemo.fileio import PARTIAL_SUFFIX, atomic_path
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "build_trainer",
     "check_training_manifests",
     "is_complete_checkpoint",
+    "model_class",
     "prepare_resume",
     "train",
 ]
@@ -199,8 +201,11 @@ class NonFiniteLossGuard(Callback):
             )
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        bad = [name for name, value in checkpoint["state_dict"].items()
-               if value.is_floating_point() and not torch.isfinite(value).all()]
+        bad = [
+            name
+            for name, value in checkpoint["state_dict"].items()
+            if value.is_floating_point() and not torch.isfinite(value).all()
+        ]
         if bad:
             raise NonFiniteLossError(f"refusing to write a checkpoint with non-finite weights: {', '.join(bad[:5])}")
 
@@ -229,6 +234,31 @@ class NonFiniteLossGuard(Callback):
             audio_finite = bool(torch.isfinite(signal[index, :length]).all())
             lines.append(f"  {name}" + ("" if audio_finite else "  <- audio samples are not finite"))
         return "\n".join(lines)
+
+
+def model_class(model_cfg: DictConfig) -> type[EncDecCTCModel]:
+    """NeMo's sub-word ``EncDecCTCModelBPE`` for a model config with a ``tokenizer:`` block, else the character
+    ``EncDecCTCModel``."""
+    return EncDecCTCModelBPE if model_cfg.get("tokenizer") is not None else EncDecCTCModel
+
+
+def _subword_units(model_cfg: DictConfig) -> SubwordUnits:
+    """The output units of the config's tokenizer (SentencePiece, ``type: bpe``), for the manifest check."""
+    from nemo.collections.common.tokenizers.sentencepiece_tokenizer import SentencePieceTokenizer
+
+    tokenizer_cfg = model_cfg.tokenizer
+    if tokenizer_cfg.type != "bpe":
+        raise ValueError(
+            f"the manifest check reads SentencePiece tokenizers (tokenizer.type: bpe), got {tokenizer_cfg.type!r}; "
+            "set ibnet_training.check_manifests=false to train without it"
+        )
+    model_path = Path(tokenizer_cfg.get("model_path") or Path(tokenizer_cfg.dir) / "tokenizer.model")
+    if not model_path.is_file():
+        raise FileNotFoundError(
+            f"{model_path}: no tokenizer model; build one with examples/process_asr_text_tokenizer.py and pass its "
+            "folder as model.tokenizer.dir"
+        )
+    return SubwordUnits(SentencePieceTokenizer(model_path=str(model_path)))
 
 
 def build_trainer(trainer_cfg: DictConfig) -> pl.Trainer:
@@ -262,6 +292,7 @@ def check_training_manifests(cfg: DictConfig, settings: IBNetTrainingConfig, ver
     sample_rate = int(cfg.model.sample_rate)
     hop_length = round(cfg.model.preprocessor.window_stride * sample_rate)
     subsampling_factor = EncDecCTCModel.from_config_dict(cfg.model.encoder).subsampling_factor
+    subwords = _subword_units(cfg.model) if model_class(cfg.model) is EncDecCTCModelBPE else None
     reports = []
     for split in ("train_ds", "validation_ds", "test_ds"):
         data_cfg = cfg.model.get(split)
@@ -282,13 +313,14 @@ def check_training_manifests(cfg: DictConfig, settings: IBNetTrainingConfig, ver
                 )
             report = check_manifest(
                 manifest,
-                labels=list(data_cfg.labels),
+                labels=None if subwords else list(data_cfg.labels),
                 sample_rate=sample_rate,
                 hop_length=hop_length,
                 subsampling_factor=subsampling_factor,
                 cleaned_dir=_experiment_dir(cfg) / "checked_manifests" / split,
                 max_dropped_fraction=settings.max_dropped_fraction,
                 drop_unalignable=split == "train_ds",
+                subwords=subwords,
             )
             reports.append(report)
             checked.append(str(report.cleaned_manifest or report.manifest))
@@ -303,7 +335,8 @@ def check_training_manifests(cfg: DictConfig, settings: IBNetTrainingConfig, ver
 
 
 def train(cfg: DictConfig) -> TrainingOutputs:
-    """Check the data, train ``cfg.model`` with NeMo's ``EncDecCTCModel``, test it if ``model.test_ds`` is set.
+    """Check the data, train ``cfg.model`` with NeMo's ``EncDecCTCModel`` (``EncDecCTCModelBPE`` for a config with
+    a ``tokenizer:`` block, :func:`model_class`), test it if ``model.test_ds`` is set.
 
     Args:
         cfg: a composed training config (``configs/*.yaml``): ``model``, ``trainer``, ``exp_manager`` and
@@ -314,6 +347,7 @@ def train(cfg: DictConfig) -> TrainingOutputs:
 
     Raises:
         ValueError: the config lacks the ``ibnet_training`` section or exp_manager's checkpoints.
+        FileNotFoundError: a sub-word config's ``tokenizer.dir`` holds no ``tokenizer.model``.
         ManifestCheckError: the data is unusable (before any model is built).
         NonFiniteLossError: the loss became NaN/inf (see :class:`NonFiniteLossGuard`).
     """
@@ -343,7 +377,7 @@ def train(cfg: DictConfig) -> TrainingOutputs:
             )
         )
 
-    model = EncDecCTCModel(cfg=cfg.model, trainer=trainer)
+    model = model_class(cfg.model)(cfg=cfg.model, trainer=trainer)
     model.maybe_init_from_pretrained_checkpoint(cfg)
     trainer.fit(model)
     if cfg.model.get("test_ds") is not None and cfg.model.test_ds.get("manifest_filepath") is not None:

@@ -115,8 +115,15 @@ def input_records(
         ValueError: not exactly one source given, the folder or manifest does not exist, a manifest line is not
             a JSON object, or the source holds no inputs.
     """
-    given = {name: value for name, value in (("audio_dir", audio_dir), ("dataset_manifest", dataset_manifest),
-                                             ("audio_filepath", audio_filepath)) if value is not None}
+    given = {
+        name: value
+        for name, value in (
+            ("audio_dir", audio_dir),
+            ("dataset_manifest", dataset_manifest),
+            ("audio_filepath", audio_filepath),
+        )
+        if value is not None
+    }
     if len(given) != 1:
         raise ValueError(f"give exactly one of audio_dir, dataset_manifest, audio_filepath; got {sorted(given)}")
     if audio_filepath is not None:
@@ -253,5 +260,13 @@ def run_transcription(cfg: TranscriptionConfig | DictConfig) -> TranscriptionSum
     check_timed_output(cfg.ctc_decoding, cfg.timestamps, cfg.output_format)
     model = load_model(cfg.model_path, cfg.cuda)
     set_decoding(model, cfg.ctc_decoding)
-    return transcribe(model, records, cfg.output_filename, cfg.batch_size, debug=cfg.debug, chunking=chunking,
-                      timestamps=cfg.timestamps, output_format=cfg.output_format)
+    return transcribe(
+        model,
+        records,
+        cfg.output_filename,
+        cfg.batch_size,
+        debug=cfg.debug,
+        chunking=chunking,
+        timestamps=cfg.timestamps,
+        output_format=cfg.output_format,
+    )

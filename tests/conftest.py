@@ -15,12 +15,21 @@ from nemo.collections.asr.models import EncDecCTCModel
 
 import ibnet_nemo  # noqa: F401  (registers the plugin in the test process)
 from ibnet_nemo.data.manifest import write_manifest
+from ibnet_nemo.data.tokenizer import build_tokenizer
+from ibnet_nemo.modules import IBNetEncoder
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
+#: Every recipe in configs/ (the LibriSpeech recipes, their sub-word variant, the demo's).
+ALL_CONFIGS = tuple(sorted(path.stem for path in CONFIG_DIR.glob("*.yaml")))
 SHIPPED_CONFIGS = ("quartznet_5x5", "quartznet_10x5", "ibnet_c172", "ibnet_c192", "ibnet_c256")
 SAMPLE_RATE = 16000
 SMALL_IBNET = ["model.encoder.C=32", "model.encoder.repeat=1", "model.encoder.kernels=[11,11,11,13,13,15,15]"]
+TINY_VOCAB_SIZE = 24  # a SentencePiece BPE vocabulary of the tiny set: its 14 letters, <unk>, "▁" and 8 merges
+#: Overrides that shrink a shipped IBNet recipe to a model that trains and runs in a second.
+TINY_IBNET = ("model.encoder.C=16", "model.encoder.repeat=1")
+#: Overrides that build a shipped recipe without data (NeMo then sets up no data loaders).
+NO_DATA = ("model.train_ds.manifest_filepath=null", "model.validation_ds.manifest_filepath=null")
 WORDS = ("one", "two", "three", "four", "five", "yes", "no", "hello")
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -44,6 +53,20 @@ def data_overrides(tiny_data: dict[str, Path], batch_size: int = 4) -> list[str]
         "model.train_ds.num_workers=0",
         "model.validation_ds.num_workers=0",
     ]
+
+
+def tiny_ibnet_model(*overrides: str, seed: int = 0):
+    """An untrained tiny IBNet ``EncDecCTCModel`` from ``ibnet_c192.yaml`` (deterministic weights), no data."""
+    torch.manual_seed(seed)
+    return EncDecCTCModel(cfg=compose("ibnet_c192", [*TINY_IBNET, *NO_DATA, *overrides]).model)
+
+
+def small_encoder(seed: int = 0, **kwargs):
+    """A small ``IBNetEncoder`` (16 features in, C=8, R=2, short kernels) with randomized BatchNorm, in eval mode."""
+    torch.manual_seed(seed)
+    encoder = IBNetEncoder(feat_in=16, C=8, repeat=2, kernels=(5, 5, 7, 7, 9, 9, 11), **kwargs)
+    randomize_batchnorm(encoder, seed=seed)
+    return encoder.eval()
 
 
 def randomize_batchnorm(module: torch.nn.Module, seed: int = 0) -> None:
@@ -126,14 +149,24 @@ def fit(cfg, max_steps: int):
 def overfit_model(tiny_data):
     """A small IBNet trained on the tiny training set until it transcribes it."""
     pl.seed_everything(0)
-    overrides = data_overrides(tiny_data, batch_size=16) + SMALL_IBNET + [
-        "augment=none",
-        "model.preprocessor.dither=0.0",
-        "model.optim.name=adamw",
-        "model.optim.lr=0.01",
-        "model.optim.betas=[0.9,0.98]",
-        "model.optim.weight_decay=0.0",
-        "model.optim.sched.warmup_ratio=0.05",
-    ]
+    overrides = (
+        data_overrides(tiny_data, batch_size=16)
+        + SMALL_IBNET
+        + [
+            "augment=none",
+            "model.preprocessor.dither=0.0",
+            "model.optim.name=adamw",
+            "model.optim.lr=0.01",
+            "model.optim.betas=[0.9,0.98]",
+            "model.optim.weight_decay=0.0",
+            "model.optim.sched.warmup_ratio=0.05",
+        ]
+    )
     model, trainer = fit(compose("ibnet_c192", overrides), max_steps=50)
     return model.eval(), trainer
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_data, tmp_path_factory) -> Path:
+    """A BPE tokenizer folder (NeMo's layout) of :data:`TINY_VOCAB_SIZE` pieces built from the tiny training set."""
+    return build_tokenizer(tmp_path_factory.mktemp("tokenizers"), TINY_VOCAB_SIZE, manifests=[tiny_data["train"]])

@@ -9,10 +9,10 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
+from conftest import CONFIG_DIR, REPO, SHIPPED_CONFIGS, compose, data_overrides, fit
 from nemo.collections.asr.metrics.wer import word_error_rate
 from nemo.collections.asr.models import EncDecCTCModel
 
-from conftest import CONFIG_DIR, REPO, SHIPPED_CONFIGS, compose, data_overrides, fit
 from ibnet_nemo.data.manifest import read_manifest
 
 
@@ -34,6 +34,21 @@ def test_shipped_configs_differ_only_in_the_encoder_block():
         assert config == reference, name
         assert encoder["_target_"] in ("ibnet_nemo.modules.IBNetEncoder", "nemo.collections.asr.modules.ConvASREncoder")
     assert reference_encoder["_target_"] == "ibnet_nemo.modules.IBNetEncoder"
+
+
+@pytest.mark.parametrize("subword, char", [("ibnet_c192_bpe", "ibnet_c192"), ("demo_ibnet_bpe", "demo_ibnet")])
+def test_subword_recipes_differ_from_their_char_twins_only_in_the_units_and_strides(subword, char):
+    subword_config = yaml.safe_load((CONFIG_DIR / f"{subword}.yaml").read_text())
+    char_config = yaml.safe_load((CONFIG_DIR / f"{char}.yaml").read_text())
+    model = subword_config["model"]
+    assert model.pop("tokenizer") == {"dir": "???", "type": "bpe"}
+    assert model["encoder"].pop("strides") == [2, 1, 2, 1, 2, 1, 1]  # 8x
+    assert model["decoder"] == {**char_config["model"]["decoder"], "num_classes": -1, "vocabulary": []}
+    model["decoder"] = char_config["model"]["decoder"]
+    labels = char_config["model"].pop("labels")
+    for split in ("train_ds", "validation_ds", "test_ds"):
+        assert char_config["model"][split].pop("labels") == labels and "labels" not in model[split]
+    assert subword_config == char_config
 
 
 @pytest.mark.parametrize("name", SHIPPED_CONFIGS)

@@ -46,8 +46,16 @@ WHOLE = Chunking(3600.0, 3600.0)  # every test input runs as one sequence
 
 def _untrained(model_class=EncDecCTCModel, overrides=(), **cfg_updates) -> EncDecCTCModel:
     torch.manual_seed(0)
-    cfg = compose("ibnet_c192", ["model.encoder.C=16", *SMALL_IBNET[1:], "model.train_ds.manifest_filepath=null",
-                                 "model.validation_ds.manifest_filepath=null", *overrides])
+    cfg = compose(
+        "ibnet_c192",
+        [
+            "model.encoder.C=16",
+            *SMALL_IBNET[1:],
+            "model.train_ds.manifest_filepath=null",
+            "model.validation_ds.manifest_filepath=null",
+            *overrides,
+        ],
+    )
     with open_dict(cfg.model):
         cfg.model.update(cfg_updates)
     return model_class(cfg=cfg.model).eval()
@@ -72,8 +80,14 @@ def bpe_model(tmp_path_factory) -> EncDecCTCModelBPE:
     folder = tmp_path_factory.mktemp("bpe")
     rng = np.random.default_rng(0)
     (folder / "text.txt").write_text("\n".join(" ".join(rng.choice(WORDS, 3)) for _ in range(200)) + "\n")
-    create_spt_model(str(folder / "text.txt"), vocab_size=24, sample_size=-1, do_lower_case=True,
-                     output_dir=str(folder / "tokenizer"), tokenizer_type="bpe")
+    create_spt_model(
+        str(folder / "text.txt"),
+        vocab_size=24,
+        sample_size=-1,
+        do_lower_case=True,
+        output_dir=str(folder / "tokenizer"),
+        tokenizer_type="bpe",
+    )
     overrides = ["model.preprocessor.normalize=null", "model.decoder.num_classes=-1", "model.decoder.vocabulary=null"]
     return _untrained(EncDecCTCModelBPE, overrides, tokenizer={"dir": str(folder / "tokenizer"), "type": "bpe"})
 
@@ -182,13 +196,17 @@ def test_buffer_statistics_leave_out_the_middle_of_long_silences(model):
     long_pause = slice(200, 350)
     counted = torch.cat([features[:, :, : long_pause.start + 10], features[:, :, long_pause.stop - 10 :]], dim=2)
     _, mean, std = normalize_batch(counted, torch.tensor([counted.shape[2]]), "per_feature")
-    np.testing.assert_allclose(normalized[:, :, : lengths[0]], (features - mean[:, :, None]) / std[:, :, None],
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        normalized[:, :, : lengths[0]], (features - mean[:, :, None]) / std[:, :, None], atol=1e-4
+    )
     assert torch.all(normalized[:, :, lengths[0] :] == 0)  # padding stays zero
     # Without a long pause, exactly NeMo's per-feature normalization.
     short = torch.cat(pieces[:3], dim=1)[None].float()
-    np.testing.assert_allclose(normalize_buffer_features(short, torch.tensor([short.shape[2]]), model),
-                               normalize_batch(short, torch.tensor([short.shape[2]]), "per_feature")[0], atol=1e-5)
+    np.testing.assert_allclose(
+        normalize_buffer_features(short, torch.tensor([short.shape[2]]), model),
+        normalize_batch(short, torch.tensor([short.shape[2]]), "per_feature")[0],
+        atol=1e-5,
+    )
 
 
 # ---------------------------------------------------------------- pauses are word boundaries; word times
@@ -211,11 +229,15 @@ def test_a_long_pause_is_a_word_boundary_and_words_are_timed_by_their_frames(mod
     (transcript,) = timed_transcripts(model, [log_probs])
     assert transcript.text == "no yesone two"
     assert [(w["word"], w["start_offset"], w["end_offset"]) for w in transcript.words] == [
-        ("no", 1, 3), ("yesone", 6, 18), ("two", 48, 51)]
+        ("no", 1, 3),
+        ("yesone", 6, 18),
+        ("two", 48, 51),
+    ]
     assert [(w["start"], w["end"]) for w in transcript.words] == [(0.02, 0.06), (0.12, 0.36), (0.96, 1.02)]
     assert transcript.segments == [  # the pause also ends a subtitle segment
         {"segment": "no yesone", "start_offset": 1, "end_offset": 18, "start": 0.02, "end": 0.36},
-        {"segment": "two", "start_offset": 48, "end_offset": 51, "start": 0.96, "end": 1.02}]
+        {"segment": "two", "start_offset": 48, "end_offset": 51, "start": 0.96, "end": 1.02},
+    ]
 
 
 def test_sub_word_tokens_are_grouped_into_words_at_their_word_marker(bpe_model):
@@ -263,18 +285,29 @@ def test_words_of_known_utterances_are_timed_on_their_known_spans(trained, tiny_
 
 def test_subtitle_segments_stay_short(model):
     def words(*specs):
-        return [{"word": w, "start_offset": round(s * 50), "end_offset": round(e * 50), "start": s, "end": e}
-                for w, s, e in specs]
+        return [
+            {"word": w, "start_offset": round(s * 50), "end_offset": round(e * 50), "start": s, "end": e}
+            for w, s, e in specs
+        ]
 
     long_words = words(*((f"word{i:02d}", 0.3 * i, 0.3 * i + 0.25) for i in range(12)))
     assert [s["segment"] for s in subtitle_segments(long_words)] == [  # at most 42 characters
-        "word00 word01 word02 word03 word04 word05", "word06 word07 word08 word09 word10 word11"]
+        "word00 word01 word02 word03 word04 word05",
+        "word06 word07 word08 word09 word10 word11",
+    ]
     slow = words(("a", 0.0, 2.0), ("b", 2.1, 4.0), ("c", 4.1, 5.5), ("d", 5.6, 6.0))
     assert [s["segment"] for s in subtitle_segments(slow)] == ["a b", "c d"]  # at most 5 s
     assert [s["segment"] for s in subtitle_segments(words(("a", 0, 0.2), ("b.", 0.3, 0.5), ("c", 0.6, 0.7)))] == [
-        "a b.", "c"]  # NeMo's segment separators end a segment
+        "a b.",
+        "c",
+    ]  # NeMo's segment separators end a segment
     assert subtitle_segments(words(("x", 1.0, 1.2), ("y", 1.7, 1.9)))[1] == {
-        "segment": "y", "start_offset": 85, "end_offset": 95, "start": 1.7, "end": 1.9}  # a 0.5 s pause
+        "segment": "y",
+        "start_offset": 85,
+        "end_offset": 95,
+        "start": 1.7,
+        "end": 1.9,
+    }  # a 0.5 s pause
 
 
 # ---------------------------------------------------------------- files for subtitles and alignments
@@ -296,8 +329,11 @@ def test_subtitle_and_ctm_files_are_well_formed(trained, tiny_data, output_forma
     (tmp_path / "other").mkdir()
     twin = tmp_path / "other" / "meeting.wav"  # the same name in another folder
     twin.write_bytes(Path(records[0]["audio_filepath"]).read_bytes())
-    inputs = [{"audio_filepath": str(tmp_path / "audio" / "meeting.wav")}, {"audio_filepath": str(twin)},
-              {"audio_filepath": str(tmp_path / "missing.wav")}]
+    inputs = [
+        {"audio_filepath": str(tmp_path / "audio" / "meeting.wav")},
+        {"audio_filepath": str(twin)},
+        {"audio_filepath": str(tmp_path / "missing.wav")},
+    ]
     output = tmp_path / "out" / "transcripts.json"
 
     transcribe(trained, inputs, output, 4, chunking=Chunking(2.0, 4.0), timestamps=True, output_format=output_format)
@@ -333,8 +369,11 @@ def test_subtitle_and_ctm_files_are_well_formed(trained, tiny_data, output_forma
 
 
 def test_first_words_are_found_per_utterance_of_a_joined_recording():
-    utterances = [RecordingUtterance("a b", 0.0, 1.5, 0.2), RecordingUtterance("c", 2.0, 3.5, 2.1),
-                  RecordingUtterance("d", 4.0, 5.0, 4.3)]  # 0.5 s of silence between them
+    utterances = [
+        RecordingUtterance("a b", 0.0, 1.5, 0.2),
+        RecordingUtterance("c", 2.0, 3.5, 2.1),
+        RecordingUtterance("d", 4.0, 5.0, 4.3),
+    ]  # 0.5 s of silence between them
     words = [{"word": w, "start": s} for w, s in (("a", 0.25), ("b", 0.9), ("c", 1.8), ("x", 3.7), ("d", 3.8))]
     # Each word belongs to the utterance within whose span it starts, the spans split half-way through the gaps.
     assert first_word_offsets(words, utterances) == pytest.approx([0.05, -0.3, -0.5])
@@ -360,10 +399,13 @@ def test_a_long_file_damaged_part_way_keeps_its_transcript_up_to_the_damage(mode
 
     results = list(read_manifest(output))
     assert (summary.transcribed, summary.failed) == (1, 3)
-    assert results[0]["error"] == (f"truncated: the header declares {2 * audio.size} data bytes, the file holds "
-                                   f"{2 * 18 * SAMPLE_RATE} (audio ends at 18.00 s); transcribed up to 18.00 s")
-    match = re.fullmatch(r"audio data is truncated or corrupt after (\d+\.\d\d) s \(.*\); transcribed up to (\S+) s",
-                         results[2]["error"])
+    assert results[0]["error"] == (
+        f"truncated: the header declares {2 * audio.size} data bytes, the file holds "
+        f"{2 * 18 * SAMPLE_RATE} (audio ends at 18.00 s); transcribed up to 18.00 s"
+    )
+    match = re.fullmatch(
+        r"audio data is truncated or corrupt after (\d+\.\d\d) s \(.*\); transcribed up to (\S+) s", results[2]["error"]
+    )
     assert match and match[1] == match[2] and 5.0 < float(match[1]) < 30.0
     assert "pred_text" not in results[3] and results[3]["error"].startswith("audio data is truncated or corrupt")
     assert "error" not in results[1]
@@ -383,8 +425,22 @@ def _sparse_wav(path: Path, seconds: float, tones_every: float) -> None:
     """A 16-bit mono WAV of ``seconds`` of silence (a sparse file: no disk blocks) with a 1 s tone every
     ``tones_every`` seconds."""
     samples = round(seconds * SAMPLE_RATE)
-    header = struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + 2 * samples, b"WAVE", b"fmt ", 16, 1, 1, SAMPLE_RATE,
-                         2 * SAMPLE_RATE, 2, 16, b"data", 2 * samples)
+    header = struct.pack(
+        "<4sI4s4sIHHIIHH4sI",
+        b"RIFF",
+        36 + 2 * samples,
+        b"WAVE",
+        b"fmt ",
+        16,
+        1,
+        1,
+        SAMPLE_RATE,
+        2 * SAMPLE_RATE,
+        2,
+        16,
+        b"data",
+        2 * samples,
+    )
     t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
     tone = np.round(8000 * np.sin(2 * np.pi * 440 * t)).astype("<i2").tobytes()
     with open(path, "wb") as f:
@@ -433,8 +489,10 @@ def test_bad_long_audio_options_are_refused_before_the_model_loads(tmp_path):
     for updates, message in (
         ({"output_format": "txt"}, "output_format must be one of srt, vtt, ctm, got 'txt'"),
         ({"total_buffer_in_secs": 2.0, "chunk_len_in_secs": 4.0}, "total_buffer_in_secs must be >= chunk_len_in_secs"),
-        ({"timestamps": True, "ctc_decoding": CTCDecodingConfig(strategy="beam")},
-         "timestamps need ctc_decoding.strategy greedy / greedy_batch / pyctcdecode, got 'beam'"),
+        (
+            {"timestamps": True, "ctc_decoding": CTCDecodingConfig(strategy="beam")},
+            "timestamps need ctc_decoding.strategy greedy / greedy_batch / pyctcdecode, got 'beam'",
+        ),
     ):
         with pytest.raises(ValueError, match=re.escape(message)):
             run_transcription(TranscriptionConfig(**base, **updates))

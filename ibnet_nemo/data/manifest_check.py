@@ -6,9 +6,12 @@ seconds) and against the model:
 - the audio file is missing, unreadable, or holds no samples; an ``offset``/``duration`` segment runs past its end
 - the ``duration`` field is zero, missing or disagrees with the file (it is corrected from the header: NeMo
   filters and buckets by this field, while it loads the real audio)
-- the transcript has characters outside the model's labels after normalization (lower case, single spaces)
-- the transcript needs more CTC frames than the encoder outputs for the audio: one frame per character plus a
-  blank between repeated characters, against ``ceil((samples // hop + 1) / subsampling_factor)`` frames
+- the transcript has characters outside the model's vocabulary after normalization: for a character model,
+  outside its labels (transcripts lower-cased, single spaces); for a sub-word model (a NeMo tokenizer), characters
+  the tokenizer can only spell as ``<unk>`` (single spaces; case is the tokenizer's business)
+- the transcript needs more CTC frames than the encoder outputs for the audio: one frame per output unit
+  (character or sub-word piece) plus a blank between two equal neighbours, against
+  ``ceil((samples // hop + 1) / subsampling_factor)`` frames
 
 Records with a problem are dropped from the cleaned manifest and counted in the report, never silently. A
 problem is fatal (:class:`ManifestCheckError`, raised with the report) when no record is left or when more than
@@ -24,7 +27,7 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import soundfile as sf
 from tqdm.auto import tqdm
@@ -35,6 +38,7 @@ __all__ = [
     "DURATION_TOLERANCE_S",
     "ManifestCheckError",
     "ManifestReport",
+    "SubwordUnits",
     "check_manifest",
     "ctc_frames_needed",
     "encoder_frames",
@@ -69,10 +73,11 @@ class ManifestReport:
         kept: records written to the cleaned manifest.
         dropped: records dropped, by problem.
         examples: up to :data:`EXAMPLES_PER_PROBLEM` examples (``file: detail``) per problem.
-        normalized: transcripts changed by normalization (lower case, single spaces).
+        normalized: transcripts changed by normalization (:attr:`normalization` says which).
         corrected_durations: ``duration`` fields replaced by the audio's real duration.
         unaligned_kept: records too long for CTC that were kept (``drop_unalignable=False``).
-        out_of_vocabulary: count of every character outside the labels, over all transcripts.
+        out_of_vocabulary: count of every character outside the vocabulary, over all transcripts.
+        normalization: what normalization does to a transcript, for the report.
         cleaned_manifest: where the kept records were written (``None``: nothing changed, use ``manifest``).
         fatal: why training must not start on this manifest (empty: it may).
     """
@@ -86,6 +91,7 @@ class ManifestReport:
     corrected_durations: int = 0
     unaligned_kept: int = 0
     out_of_vocabulary: Counter = field(default_factory=Counter)
+    normalization: str = "lower case, single spaces"
     cleaned_manifest: Path | None = None
     fatal: list = field(default_factory=list)
 
@@ -105,7 +111,7 @@ class ManifestReport:
             chars = ", ".join(f"{char!r} x{count}" for char, count in self.out_of_vocabulary.most_common(10))
             lines.append(f"  characters outside the vocabulary: {chars}")
         if self.normalized:
-            lines.append(f"  normalized {self.normalized} transcripts (lower case, single spaces)")
+            lines.append(f"  normalized {self.normalized} transcripts ({self.normalization})")
         if self.corrected_durations:
             lines.append(f"  corrected {self.corrected_durations} durations from the audio headers")
         if self.unaligned_kept:
@@ -121,13 +127,63 @@ _SPACES = re.compile(r"\s+")
 
 def normalize_transcript(text: str) -> str:
     """Lower-case ``text`` and collapse runs of whitespace into single spaces."""
-    return _SPACES.sub(" ", text.lower()).strip()
+    return _collapse_spaces(text.lower())
 
 
-def ctc_frames_needed(text: str) -> int:
-    """Frames CTC needs to emit ``text``: one per character, plus a blank between two equal neighbours."""
-    repeats = sum(1 for previous, current in zip(text, text[1:]) if previous == current)
-    return len(text) + repeats
+def _collapse_spaces(text: str) -> str:
+    return _SPACES.sub(" ", text).strip()
+
+
+def ctc_frames_needed(units: Sequence) -> int:
+    """Frames CTC needs to emit ``units`` (a string of characters or a list of token ids): one per unit, plus a
+    blank between two equal neighbours."""
+    repeats = sum(1 for previous, current in zip(units, units[1:]) if previous == current)
+    return len(units) + repeats
+
+
+class _CharacterUnits:
+    """A character model's output units: transcripts lower-cased, one unit per character of ``labels``."""
+
+    normalization = "lower case, single spaces"
+
+    def __init__(self, labels: Sequence[str]) -> None:
+        self.labels = frozenset(labels)
+
+    def normalize(self, text: str) -> str:
+        return normalize_transcript(text)
+
+    def outside(self, text: str) -> list[str]:
+        return [char for char in text if char not in self.labels]
+
+    def encode(self, text: str) -> Sequence:
+        return text
+
+
+class SubwordUnits:
+    """A sub-word model's output units: the ids of a NeMo tokenizer (``model.tokenizer`` of an
+    ``EncDecCTCModelBPE``, or ``SentencePieceTokenizer(model_path=...)``).
+
+    Transcripts only get single spaces: a tokenizer built with ``lower_case`` folds case itself, one built
+    without it has upper-case pieces that lower-casing would hide. A character is outside the vocabulary when the
+    tokenizer spells it with ``<unk>``.
+    """
+
+    normalization = "single spaces"
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self._unknown: dict[str, bool] = {}
+
+    def normalize(self, text: str) -> str:
+        return _collapse_spaces(text)
+
+    def outside(self, text: str) -> list[str]:
+        for char in set(text) - self._unknown.keys():
+            self._unknown[char] = self.tokenizer.unk_id in self.tokenizer.text_to_ids(char)
+        return [char for char in text if self._unknown[char]]
+
+    def encode(self, text: str) -> Sequence:
+        return self.tokenizer.text_to_ids(text)
 
 
 def encoder_frames(num_samples: int, hop_length: int, subsampling_factor: int) -> int:
@@ -150,19 +206,20 @@ def _resolve_audio(audio_filepath: str, manifest_dir: Path) -> Path:
 
 def check_manifest(
     manifest: str | os.PathLike,
-    labels: Sequence[str],
+    labels: Optional[Sequence[str]],
     sample_rate: int,
     hop_length: int,
     subsampling_factor: int,
     cleaned_dir: str | os.PathLike,
     max_dropped_fraction: float,
     drop_unalignable: bool = True,
+    subwords: Optional[SubwordUnits] = None,
 ) -> ManifestReport:
     """Check ``manifest`` and write its usable records to ``cleaned_dir`` when any record changed.
 
     Args:
         manifest: NeMo manifest (JSON lines with ``audio_filepath``, ``duration``, ``text``).
-        labels: the model's output characters (without the CTC blank).
+        labels: a character model's output characters (without the CTC blank); ``None`` with ``subwords``.
         sample_rate: the model's sample rate; NeMo resamples audio to it on loading.
         hop_length: preprocessor hop in samples (``window_stride * sample_rate``).
         subsampling_factor: the encoder's time reduction (2 for IBNet and QuartzNet).
@@ -171,6 +228,7 @@ def check_manifest(
         max_dropped_fraction: above this fraction of dropped records the manifest is refused (fatal).
         drop_unalignable: drop transcripts longer than the encoder's frames (training); keep and count them
             for evaluation data, where dropping them would flatter the WER.
+        subwords: a sub-word model's units (``SubwordUnits(tokenizer)``), in place of ``labels``. (Default: None)
 
     Returns:
         The report; ``report.fatal`` lists the reasons not to train, if any.
@@ -189,13 +247,16 @@ def check_manifest(
     manifest = Path(manifest)
     if not manifest.is_file():
         raise FileNotFoundError(f"manifest not found: {manifest}")
-    vocabulary = set(labels)
-    report = ManifestReport(manifest=manifest)
+    if (labels is None) == (subwords is None):
+        raise ValueError("give exactly one of labels (a character model) and subwords (a sub-word model)")
+    units = subwords if subwords is not None else _CharacterUnits(labels)
+    report = ManifestReport(manifest=manifest, normalization=units.normalization)
     kept, changed = [], False
     for record in tqdm(read_manifest(manifest), desc=f"checking {manifest.name}", unit=" records"):
         report.total += 1
-        checked = _check_record(record, manifest.parent, vocabulary, sample_rate, hop_length, subsampling_factor,
-                                drop_unalignable, report)
+        checked = _check_record(
+            record, manifest.parent, units, sample_rate, hop_length, subsampling_factor, drop_unalignable, report
+        )
         if checked is not None:
             kept.append(checked)
             changed |= checked != record
@@ -217,7 +278,7 @@ def check_manifest(
 def _check_record(
     record: dict,
     manifest_dir: Path,
-    vocabulary: set,
+    units: _CharacterUnits | SubwordUnits,
     sample_rate: int,
     hop_length: int,
     subsampling_factor: int,
@@ -256,17 +317,17 @@ def _check_record(
         report.corrected_durations += 1
         duration = file_duration
 
-    text = normalize_transcript(record["text"])
+    text = units.normalize(record["text"])
     if text != record["text"]:
         report.normalized += 1
-    outside = [char for char in text if char not in vocabulary]
+    outside = units.outside(text)
     if outside:
         report.out_of_vocabulary.update(outside)
         report.note(OUT_OF_VOCABULARY, f"{audio}: {''.join(sorted(set(outside)))!r} in {text[:60]!r}")
         return None
 
     available = encoder_frames(round(duration * sample_rate), hop_length, subsampling_factor)
-    needed = ctc_frames_needed(text)
+    needed = ctc_frames_needed(units.encode(text))
     if needed > available:
         if drop_unalignable:
             report.note(TOO_SHORT, f"{audio}: {needed} frames needed, {available} available")

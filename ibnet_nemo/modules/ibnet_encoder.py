@@ -3,35 +3,41 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import OrderedDict
 from typing import Any, Iterator, Optional, Sequence
 
 import torch
-from torch.utils.checkpoint import checkpoint
 from nemo.collections.asr.parts.submodules.jasper import init_weights
 from nemo.core.classes import Exportable, NeuralModule, typecheck
 from nemo.core.neural_types import AcousticEncodedRepresentation, LengthsType, NeuralType, SpectrogramType
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from ibnet_nemo.parts.blocks import ConvBN, ConvBNAct, IBBlock, capturing_graph, conv_output_lengths, make_mask
+from ibnet_nemo.parts.blocks import ConvBNAct, IBBlock, make_mask
+from ibnet_nemo.parts.conv_bn import ConvBN, capturing_graph
 
 __all__ = ["IBNetEncoder", "ibnet_layout"]
 
-# Keys a `blocks` entry may carry, per block type; missing keys take the encoder-level value or the default.
+# Block class and the keys a `blocks` entry may carry, per block type. A key the entry omits takes the
+# encoder-level value where there is one (dropout, repeat, expansion), else the block constructor's default.
+_BLOCK_TYPES = {"conv": ConvBNAct, "ib": IBBlock}
 _BLOCK_KEYS = {
     "conv": {"type", "filters", "kernel", "stride", "dilation", "dropout"},
-    "ib": {"type", "filters", "kernel", "repeat", "expansion", "dilation", "dropout", "residual"},
+    "ib": {"type", "filters", "kernel", "stride", "repeat", "expansion", "dilation", "dropout", "residual"},
 }
+_REQUIRED_KEYS = ("filters", "kernel")
+_ARGUMENT_NAMES = {"filters": "out_channels", "kernel": "kernel_size"}  # other keys are named as the arguments
 
 
 def ibnet_layout(
-    C: int, repeat: int, expansion: int, kernels: Sequence[int], c2_dilation: int
+    C: int, repeat: int, expansion: int, kernels: Sequence[int], c2_dilation: int, strides: Sequence[int]
 ) -> list[dict[str, Any]]:
-    """The published IBNet family as a per-block list (the form ``IBNetEncoder(blocks=...)`` takes).
+    """The IBNet family as a per-block list (the form ``IBNetEncoder(blocks=...)`` takes).
 
-    C1 conv C (stride 2), B1..B5 IBBlocks C, C, 2C, 2C, 2C, C2 a single IBConv 2C (no block residual),
-    C3 a 1x1 conv to 4C. The decoder (NeMo's ConvASRDecoder) is C4.
+    C1 conv C, B1..B5 IBBlocks C, C, 2C, 2C, 2C, C2 a single IBConv 2C (no block residual), C3 a 1x1 conv to
+    4C. The decoder (NeMo's ConvASRDecoder) is C4. The published model strides C1 by 2 and nothing else.
 
     Args:
         C: base width.
@@ -39,16 +45,29 @@ def ibnet_layout(
         expansion: inverted-bottleneck width multiplier `t`.
         kernels: seven odd kernel widths, for C1, B1..B5 and C2.
         c2_dilation: dilation of C2's depth-wise convolution.
+        strides: seven time strides, for C1, B1..B5 and C2; the encoder reduces time by their product.
     """
     if len(kernels) != 7:
         raise ValueError(f"kernels must list 7 widths (C1, B1..B5, C2), got {list(kernels)}")
+    if len(strides) != 7 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in strides):
+        raise ValueError(f"strides must list 7 positive integers (C1, B1..B5, C2), got {list(strides)}")
     widths = (C, C, 2 * C, 2 * C, 2 * C)
     return [
-        {"type": "conv", "filters": C, "kernel": kernels[0], "stride": 2},
-        *({"type": "ib", "filters": w, "kernel": k, "repeat": repeat, "expansion": expansion}
-          for w, k in zip(widths, kernels[1:6])),
-        {"type": "ib", "filters": 2 * C, "kernel": kernels[6], "repeat": 1, "expansion": expansion,
-         "dilation": c2_dilation, "residual": False},
+        {"type": "conv", "filters": C, "kernel": kernels[0], "stride": strides[0]},
+        *(
+            {"type": "ib", "filters": w, "kernel": k, "stride": s, "repeat": repeat, "expansion": expansion}
+            for w, k, s in zip(widths, kernels[1:6], strides[1:6])
+        ),
+        {
+            "type": "ib",
+            "filters": 2 * C,
+            "kernel": kernels[6],
+            "stride": strides[6],
+            "repeat": 1,
+            "expansion": expansion,
+            "dilation": c2_dilation,
+            "residual": False,
+        },
         {"type": "conv", "filters": 4 * C, "kernel": 1},
     ]
 
@@ -80,12 +99,15 @@ class IBNetEncoder(NeuralModule, Exportable):
         expansion: inverted-bottleneck width multiplier `t` (Default: ``2``).
         kernels: kernel widths of C1, B1..B5, C2 (Default: ``(33, 33, 39, 51, 63, 75, 87)``).
         c2_dilation: dilation of C2's depth-wise convolution; QuartzNet uses 2 there (Default: ``1``).
+        strides: time strides of C1, B1..B5, C2; their product is the :attr:`subsampling_factor`, e.g.
+            ``(2, 1, 2, 1, 1, 1, 1)`` for 4x, ``(2, 1, 2, 1, 2, 1, 1)`` for 8x. An IBBlock strides its first
+            depth-wise convolution and its block residual (Default: ``(2, 1, 1, 1, 1, 1, 1)``, the published 2x).
         dropout: dropout in every module (Default: ``0.0``).
         activation: ``relu``, ``relu6``, ``silu`` or ``gelu`` (Default: ``"relu"``).
         blocks: explicit layout, a list of ``{type: conv | ib, filters, kernel, ...}`` entries that replaces
-            the one ``C``, ``repeat``, ``kernels`` and ``c2_dilation`` describe (Default: ``None``).
+            the one ``C``, ``repeat``, ``kernels``, ``c2_dilation`` and ``strides`` describe (Default: ``None``).
         fast: run the fast path (time-major on the CPU, folded BatchNorm in eval mode on the CPU and on a GPU,
-            see :class:`~ibnet_nemo.parts.blocks.ConvBN`); ``False`` runs plain ``Conv1d`` + ``BatchNorm1d``, same
+            see :class:`~ibnet_nemo.parts.conv_bn.ConvBN`); ``False`` runs plain ``Conv1d`` + ``BatchNorm1d``, same
             weights, same results (Default: ``True``).
         init_mode: weight initialisation, as in ``ConvASREncoder`` (Default: ``"xavier_uniform"``).
         checkpoint_blocks: in training, keep only each block's input for backward and recompute the block's
@@ -101,6 +123,7 @@ class IBNetEncoder(NeuralModule, Exportable):
         expansion: int = 2,
         kernels: Sequence[int] = (33, 33, 39, 51, 63, 75, 87),
         c2_dilation: int = 1,
+        strides: Sequence[int] = (2, 1, 1, 1, 1, 1, 1),
         dropout: float = 0.0,
         activation: str = "relu",
         blocks: Optional[Sequence[dict]] = None,
@@ -116,42 +139,30 @@ class IBNetEncoder(NeuralModule, Exportable):
             blocks = OmegaConf.to_container(blocks)
         if isinstance(kernels, ListConfig):
             kernels = OmegaConf.to_container(kernels)
+        if isinstance(strides, ListConfig):
+            strides = OmegaConf.to_container(strides)
         if blocks is None:
-            blocks = ibnet_layout(C, repeat, expansion, kernels, c2_dilation)
+            blocks = ibnet_layout(C, repeat, expansion, kernels, c2_dilation, strides)
         if not blocks:
             raise ValueError("blocks must hold at least one block")
 
+        encoder_level = {"dropout": dropout, "repeat": repeat, "expansion": expansion}
         layers = []
         channels = feat_in
-        self._subsampling_factor = 1
         for index, spec in enumerate(blocks):
             block_type = spec.get("type")
-            if block_type not in _BLOCK_KEYS:
+            if block_type not in _BLOCK_TYPES:
                 raise ValueError(f"blocks[{index}].type must be 'conv' or 'ib', got {block_type!r}")
             unknown = set(spec) - _BLOCK_KEYS[block_type]
             if unknown:
                 raise ValueError(f"blocks[{index}] ({block_type}) has unknown keys {sorted(unknown)}")
-            common = dict(
-                dilation=spec.get("dilation", 1),
-                dropout=spec.get("dropout", dropout),
-                activation=activation,
-                fast=fast,
-            )
-            if block_type == "conv":
-                layer = ConvBNAct(channels, spec["filters"], spec["kernel"], stride=spec.get("stride", 1), **common)
-            else:
-                layer = IBBlock(
-                    channels,
-                    spec["filters"],
-                    spec["kernel"],
-                    repeat=spec.get("repeat", repeat),
-                    expansion=spec.get("expansion", expansion),
-                    residual=spec.get("residual", True),
-                    **common,
-                )
-            layers.append(layer)
+            missing = [key for key in _REQUIRED_KEYS if key not in spec]
+            if missing:
+                raise ValueError(f"blocks[{index}] ({block_type}) needs the key {missing[0]!r}")
+            arguments = {key: value for key, value in encoder_level.items() if key in _BLOCK_KEYS[block_type]}
+            arguments.update({_ARGUMENT_NAMES.get(key, key): value for key, value in spec.items() if key != "type"})
+            layers.append(_BLOCK_TYPES[block_type](channels, activation=activation, fast=fast, **arguments))
             channels = spec["filters"]
-            self._subsampling_factor *= layer.stride
         self.layers = nn.ModuleList(layers)
         self._feat_in = feat_in
         self._feat_out = channels
@@ -170,7 +181,7 @@ class IBNetEncoder(NeuralModule, Exportable):
 
     @property
     def output_types(self):
-        """Output ports: encoding `(B, 4C, T / 2)` and its lengths `(B,)`."""
+        """Output ports: encoding `(B, 4C, ceil(T / subsampling_factor))` and its lengths `(B,)`."""
         return OrderedDict(
             {
                 "outputs": NeuralType(("B", "D", "T"), AcousticEncodedRepresentation()),
@@ -180,12 +191,12 @@ class IBNetEncoder(NeuralModule, Exportable):
 
     @property
     def subsampling_factor(self) -> int:
-        """Input frames per output frame (2 for the published layout)."""
-        return self._subsampling_factor
+        """Input frames per output frame, the product of the block strides (2 for the published layout)."""
+        return math.prod(layer.stride for layer in self.layers)
 
     @property
     def fast(self) -> bool:
-        """Whether the convolutions run the fast path (see :class:`~ibnet_nemo.parts.blocks.ConvBN`)."""
+        """Whether the convolutions run the fast path (see :class:`~ibnet_nemo.parts.conv_bn.ConvBN`)."""
         return all(module.fast for module in self.modules() if isinstance(module, ConvBN))
 
     @fast.setter
@@ -223,10 +234,9 @@ class IBNetEncoder(NeuralModule, Exportable):
                 )
             else:
                 x = layer(x, mask)
-            if layer.stride > 1:
-                length = conv_output_lengths(length, layer.kernel_size, layer.stride, layer.dilation)
-                if padded:
-                    mask = make_mask(length, x.shape[-1], x.dtype)
+            length = layer.output_lengths(length)
+            if padded and x.shape[-1] != mask.shape[-1]:  # the layer reduced time: the mask follows
+                mask = make_mask(length, x.shape[-1], x.dtype)
         return x.contiguous(), length
 
     def input_example(self, max_batch: int = 1, max_dim: int = 256):

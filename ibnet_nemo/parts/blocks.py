@@ -1,89 +1,33 @@
-"""Plain ``torch.nn`` building blocks of IBNet.
+"""Plain ``torch.nn`` building blocks of IBNet: the architecture.
 
 Activations are ``(B, C, T)`` tensors travelling with a ``(B, 1, T)`` float mask that is 1 on valid frames and
 0 on padding (``None`` when no utterance is padded). Every convolution that mixes time steps (kernel > 1) sees
 its input multiplied by the mask first, so whatever the padding holds never reaches a valid frame: a padded
 batch gives the same outputs as its utterances run alone. Point-wise convolutions and BatchNorm act on each
-frame alone and need no mask.
+frame alone and need no mask. Each block tells how many valid frames it leaves (``output_lengths``).
 
-Speed: every convolution is a :class:`ConvBN`, whose fast path keeps activations time-major in memory on the
-CPU (`(B, C, T)` shape, `(B, T, C)` storage). There a point-wise convolution is one matrix product and a
-depth-wise one is PyTorch's channels-last ``conv2d``, about 25x faster on CPU than ``conv1d`` for IBNet's
-long kernels. In eval mode BatchNorm is folded into the convolution's weights (cached while no parameter or
-running statistic changes), on the CPU and on a GPU, where the convolutions stay cuDNN's. ``fast=False``
-computes the same thing with plain ``nn.Conv1d`` + ``nn.BatchNorm1d``: the reference the tests hold the fast
-path to.
+Every convolution is a :class:`~ibnet_nemo.parts.conv_bn.ConvBN`, which decides how it is computed (the CPU and
+GPU fast paths, folded BatchNorm, the ``fast=False`` reference); nothing here depends on that choice.
 """
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-__all__ = [
-    "ACTIVATIONS",
-    "ConvBN",
-    "ConvBNAct",
-    "InvertedBottleneck",
-    "IBBlock",
-    "capturing_graph",
-    "conv_output_lengths",
-    "make_mask",
-]
+from ibnet_nemo.parts.conv_bn import ConvBN, activate
+
+__all__ = ["ACTIVATIONS", "ConvBNAct", "InvertedBottleneck", "IBBlock", "make_mask"]
 
 ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "gelu": nn.GELU}
-_IN_PLACE = {
-    nn.ReLU: torch.relu_,
-    nn.ReLU6: partial(F.hardtanh_, min_val=0.0, max_val=6.0),
-    nn.SiLU: partial(F.silu, inplace=True),
-}
-
-
-def conv_output_lengths(lengths: torch.Tensor, kernel_size: int, stride: int, dilation: int) -> torch.Tensor:
-    """Frames a "same"-padded convolution leaves of each utterance.
-
-    With padding ``dilation * (kernel_size - 1) // 2`` (odd effective kernels), this is ``ceil(L / stride)``.
-
-    Args:
-        lengths: `(B,)` valid input frames.
-    Returns:
-        `(B,)` valid output frames, same dtype.
-    """
-    padding = dilation * (kernel_size - 1) // 2
-    return torch.div(lengths + 2 * padding - dilation * (kernel_size - 1) - 1, stride, rounding_mode="floor") + 1
-
-
-def capturing_graph() -> bool:
-    """Whether the code runs under tracing, scripting or compilation (as in export): the graph must then hold
-    the general computation, with no Python-side cache and no shortcut chosen from the data."""
-    return (
-        torch.jit.is_tracing()
-        or torch.jit.is_scripting()
-        or torch.compiler.is_compiling()
-        or torch.compiler.is_exporting()
-    )
 
 
 def make_mask(lengths: torch.Tensor, max_length: int, dtype: torch.dtype) -> torch.Tensor:
     """`(B, 1, T)` mask of ones on the first ``lengths[b]`` frames and zeros on the rest."""
     steps = torch.arange(max_length, device=lengths.device)
     return (steps[None, :] < lengths[:, None]).unsqueeze(1).to(dtype)
-
-
-def _activate(activation: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``activation(x)``, overwriting ``x`` (always a fresh convolution output) when autograd records nothing.
-
-    In place saves an allocation and a pass over the widest tensors in inference. Under autograd the
-    activation stays out of place: in place on the time-major view, backward would rebuild the whole tensor.
-    """
-    in_place = _IN_PLACE.get(type(activation))
-    if in_place is None or (torch.is_grad_enabled() and x.requires_grad):
-        return activation(x)
-    return in_place(x)
 
 
 def _check_positive(name: str, value: int) -> None:
@@ -103,113 +47,15 @@ def _check_common(kernel_size: int, stride: int, dilation: int, dropout: float, 
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
 
 
-class ConvBN(nn.Module):
-    """Bias-free ``nn.Conv1d`` followed by ``nn.BatchNorm1d``, "same" padding.
-
-    Args:
-        in_channels: input channels `C_in`.
-        out_channels: output channels `C_out`.
-        kernel_size: odd kernel width.
-        stride: time stride (Default: ``1``).
-        dilation: kernel dilation (Default: ``1``).
-        groups: ``1`` for a full convolution, ``in_channels`` for a depth-wise one (Default: ``1``).
-        fast: on the CPU, compute with the time-major fast path; on a GPU, fold BatchNorm into the convolution in
-            eval mode; ``False`` runs the modules as they are everywhere (Default: ``True``).
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        stride: int = 1,
-        dilation: int = 1,
-        groups: int = 1,
-        fast: bool = True,
-    ) -> None:
-        super().__init__()
-        self.conv = nn.Conv1d(
-            in_channels,
-            out_channels,
-            kernel_size,
-            stride=stride,
-            padding=dilation * (kernel_size - 1) // 2,
-            dilation=dilation,
-            groups=groups,
-            bias=False,
-        )
-        self.bn = nn.BatchNorm1d(out_channels)
-        self.fast = fast
-        self._folded: Optional[tuple[tuple, torch.Tensor, torch.Tensor]] = None  # (tensor versions, weight, bias)
-
-    def train(self, mode: bool = True) -> "ConvBN":
-        """Switch train / eval mode; drops the folded weights, which an optimizer may have made stale."""
-        self._folded = None
-        return super().train(mode)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """`(B, C_in, T)` to `(B, C_out, ceil(T / stride))`; the CPU fast path returns time-major storage."""
-        on_cpu = x.device.type == "cpu"
-        if not self.fast or (self.training and not on_cpu):
-            return self.bn(self.conv(x))
-        weight, bias = self._folded_weight() if not self.training else (self.conv.weight, None)
-        conv = self.conv
-        if not on_cpu:
-            # A GPU's own convolutions are fast (and follow cuDNN's TF32 setting, as NeMo's convolutions do): there
-            # only the folded BatchNorm is kept.
-            return F.conv1d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-        if conv.kernel_size[0] == 1 and conv.stride[0] == 1 and conv.groups == 1:
-            y = F.linear(x.transpose(1, 2), weight.squeeze(2), bias)  # (B, T, C_out)
-        else:
-            # (B, C, 1, T) in channels-last memory is exactly the time-major (B, T, C) storage: no copy.
-            x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-            y4 = F.conv2d(
-                x4,
-                weight.unsqueeze(2),
-                bias,
-                stride=(1, conv.stride[0]),
-                padding=(0, conv.padding[0]),
-                dilation=(1, conv.dilation[0]),
-                groups=conv.groups,
-            )
-            y = y4.squeeze(2).transpose(1, 2).contiguous()  # (B, T, C_out): a no-op for channels-last output
-        if self.training:
-            # BatchNorm1d over (B * T, C) rows computes the same statistics as over (B, C, T).
-            y = self.bn(y.reshape(-1, y.shape[-1])).view_as(y)
-        return y.transpose(1, 2)
-
-    def _folded_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Convolution weight and bias with the eval-mode BatchNorm folded in.
-
-        Without autograd the result is kept and reused until a parameter or running statistic is replaced or
-        updated in place through autograd-visible ops (``load_state_dict``, ``.to()``, optimizers under
-        ``no_grad``), or the module changes mode. A forward with autograd on (eval-mode fine-tuning), tracing
-        and export always fold afresh, so gradients reach the parameters and traces hold no stale constants.
-        """
-        bn = self.bn
-        tensors = (self.conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-        use_cache = not (torch.is_grad_enabled() or capturing_graph())
-        key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
-        if use_cache and self._folded is not None and self._folded[0] == key:
-            return self._folded[1], self._folded[2]
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        weight, bias = self.conv.weight * scale[:, None, None], bn.bias - bn.running_mean * scale
-        self._folded = (key, weight, bias) if use_cache else None
-        return weight, bias
-
-
 class ConvBNAct(nn.Module):
     """Full 1-D convolution, BatchNorm and activation: IBNet's C1 (k=33, stride 2) and C3 (k=1).
 
+    ``in_channels``, ``out_channels``, ``kernel_size``, ``stride``, ``dilation`` and ``fast`` are those of the
+    :class:`~ibnet_nemo.parts.conv_bn.ConvBN` it wraps.
+
     Args:
-        in_channels: input channels `C_in`.
-        out_channels: output channels `C_out`.
-        kernel_size: odd kernel width.
-        stride: time stride (Default: ``1``).
-        dilation: kernel dilation (Default: ``1``).
         dropout: dropout after the activation (Default: ``0.0``).
         activation: key of :data:`ACTIVATIONS` (Default: ``"relu"``).
-        fast: see :class:`ConvBN` (Default: ``True``).
     """
 
     def __init__(
@@ -217,6 +63,7 @@ class ConvBNAct(nn.Module):
         in_channels: int,
         out_channels: int,
         kernel_size: int,
+        *,
         stride: int = 1,
         dilation: int = 1,
         dropout: float = 0.0,
@@ -227,16 +74,20 @@ class ConvBNAct(nn.Module):
         _check_positive("in_channels", in_channels)
         _check_positive("out_channels", out_channels)
         _check_common(kernel_size, stride, dilation, dropout, activation)
-        self.kernel_size, self.stride, self.dilation = kernel_size, stride, dilation
+        self.stride, self.mixes_time = stride, kernel_size > 1
         self.conv = ConvBN(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation, fast=fast)
         self.act = ACTIVATIONS[activation]()
         self.drop = nn.Dropout(dropout)
 
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """`(B,)` valid output frames for `(B,)` valid input frames: ``ceil(L / stride)``."""
+        return self.conv.output_lengths(lengths)
+
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         """`(B, C_in, T)` and its `(B, 1, T)` mask (``None``: no padding) to `(B, C_out, ceil(T / stride))`."""
-        if self.kernel_size > 1 and mask is not None:
+        if self.mixes_time and mask is not None:
             x = x * mask
-        return self.drop(_activate(self.act, self.conv(x)))
+        return self.drop(activate(self.act, self.conv(x)))
 
 
 class InvertedBottleneck(nn.Module):
@@ -255,7 +106,7 @@ class InvertedBottleneck(nn.Module):
         dilation: depth-wise dilation (Default: ``1``).
         dropout: dropout on the projection, before the skip is added (Default: ``0.0``).
         activation: key of :data:`ACTIVATIONS` (Default: ``"relu"``).
-        fast: see :class:`ConvBN` (Default: ``True``).
+        fast: see :class:`~ibnet_nemo.parts.conv_bn.ConvBN` (Default: ``True``).
     """
 
     def __init__(
@@ -263,6 +114,7 @@ class InvertedBottleneck(nn.Module):
         in_channels: int,
         out_channels: int,
         kernel_size: int,
+        *,
         expansion: int = 2,
         stride: int = 1,
         dilation: int = 1,
@@ -276,7 +128,7 @@ class InvertedBottleneck(nn.Module):
         _check_positive("expansion", expansion)
         _check_common(kernel_size, stride, dilation, dropout, activation)
         mid_channels = in_channels * expansion
-        self.kernel_size, self.stride, self.dilation = kernel_size, stride, dilation
+        self.stride = stride
         self.has_skip = in_channels == out_channels and stride == 1
 
         self.conv_pw = ConvBN(in_channels, mid_channels, 1, fast=fast)
@@ -287,13 +139,17 @@ class InvertedBottleneck(nn.Module):
         self.act = ACTIVATIONS[activation]()
         self.drop = nn.Dropout(dropout)
 
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """`(B,)` valid output frames for `(B,)` valid input frames: ``ceil(L / stride)``."""
+        return self.conv_dw.output_lengths(lengths)
+
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         """`(B, C_in, T)` and its `(B, 1, T)` mask (``None``: no padding) to `(B, C_out, ceil(T / stride))`."""
         shortcut = x
         # point-wise expansion
-        x = _activate(self.act, self.conv_pw(x))
+        x = activate(self.act, self.conv_pw(x))
         # depth-wise
-        x = _activate(self.act, self.conv_dw(x if mask is None else x * mask))
+        x = activate(self.act, self.conv_dw(x if mask is None else x * mask))
         # point-wise linear projection
         x = self.drop(self.conv_pwl(x))
         if self.has_skip:
@@ -304,8 +160,9 @@ class InvertedBottleneck(nn.Module):
 class IBBlock(nn.Module):
     """``repeat`` inverted bottlenecks in a row plus a block residual: the "dual residual" of IBNet.
 
-    The first module makes the channel change, the other ``repeat - 1`` run at ``out_channels`` with their
-    own skips. A 1x1 convolution + BatchNorm carries the block input to the block output, giving every block
+    The first module makes the channel change (and the time stride, in its depth-wise convolution), the other
+    ``repeat - 1`` run at ``out_channels`` with their own skips. A 1x1 convolution + BatchNorm (with the same
+    stride, so both paths keep the same frames) carries the block input to the block output, giving every block
     two gradient paths. The sum stays linear, as in MobileNetV2. With ``repeat=1, residual=False`` the block is
     a single IBConv (IBNet's C2).
 
@@ -315,11 +172,13 @@ class IBBlock(nn.Module):
         kernel_size: odd depth-wise kernel width.
         repeat: number of inverted bottlenecks `R` (Default: ``3``).
         expansion: width multiplier `t` (Default: ``2``).
+        stride: time stride of the first module's depth-wise convolution and of the block residual
+            (Default: ``1``).
         dilation: depth-wise dilation (Default: ``1``).
         dropout: dropout in each module (Default: ``0.0``).
         activation: key of :data:`ACTIVATIONS` (Default: ``"relu"``).
         residual: add the 1x1 block residual (Default: ``True``).
-        fast: see :class:`ConvBN` (Default: ``True``).
+        fast: see :class:`~ibnet_nemo.parts.conv_bn.ConvBN` (Default: ``True``).
     """
 
     def __init__(
@@ -327,8 +186,10 @@ class IBBlock(nn.Module):
         in_channels: int,
         out_channels: int,
         kernel_size: int,
+        *,
         repeat: int = 3,
         expansion: int = 2,
+        stride: int = 1,
         dilation: int = 1,
         dropout: float = 0.0,
         activation: str = "relu",
@@ -337,13 +198,14 @@ class IBBlock(nn.Module):
     ) -> None:
         super().__init__()
         _check_positive("repeat", repeat)
-        self.kernel_size, self.stride, self.dilation = kernel_size, 1, dilation
+        self.stride = stride
         self.layers = nn.ModuleList(
             InvertedBottleneck(
                 in_channels if i == 0 else out_channels,
                 out_channels,
                 kernel_size,
                 expansion=expansion,
+                stride=stride if i == 0 else 1,
                 dilation=dilation,
                 dropout=dropout,
                 activation=activation,
@@ -351,12 +213,22 @@ class IBBlock(nn.Module):
             )
             for i in range(repeat)
         )
-        self.conv_res = ConvBN(in_channels, out_channels, 1, fast=fast) if residual else None
+        self.conv_res = ConvBN(in_channels, out_channels, 1, stride=stride, fast=fast) if residual else None
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """`(B,)` valid output frames for `(B,)` valid input frames."""
+        for layer in self.layers:
+            lengths = layer.output_lengths(lengths)
+        return lengths
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """`(B, C_in, T)` and its `(B, 1, T)` mask (``None``: no padding) to `(B, C_out, T)`."""
+        """`(B, C_in, T)` and its `(B, 1, T)` mask (``None``: no padding) to `(B, C_out, ceil(T / stride))`."""
         shortcut = x
-        for layer in self.layers:
+        x = self.layers[0](x, mask)
+        if mask is not None and self.stride > 1:
+            # the frames the first module kept: output frame t is input frame stride * t
+            mask = mask[:, :, :: self.stride]
+        for layer in self.layers[1:]:
             x = layer(x, mask)
         if self.conv_res is not None:
             x = x + self.conv_res(shortcut)
