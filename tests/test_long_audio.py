@@ -183,8 +183,13 @@ def test_inputs_longer_than_the_buffer_are_chunked_and_the_rest_run_whole(plain_
 def test_buffer_statistics_leave_out_the_middle_of_long_silences(model):
     frames_per_second = 100  # 10 ms hop
     rng = np.random.default_rng(0)
-    speech = lambda seconds: torch.from_numpy(rng.normal(2.0, 1.5, (64, round(seconds * frames_per_second))))
-    silence = lambda seconds: torch.full((64, round(seconds * frames_per_second)), float(np.log(2.0**-24)))
+
+    def speech(seconds):
+        return torch.from_numpy(rng.normal(2.0, 1.5, (64, round(seconds * frames_per_second))))
+
+    def silence(seconds):
+        return torch.full((64, round(seconds * frames_per_second)), float(np.log(2.0**-24)))
+
     pieces = [speech(1.0), silence(0.2), speech(0.8), silence(1.5), speech(1.2)]  # a short and a long pause
     features = torch.cat(pieces, dim=1)[None].float()
     padded = torch.cat([features, torch.zeros(1, 64, 16)], dim=2)  # a padded batch row
