@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ibnet_nemo.data.manifest import write_manifest
 from ibnet_nemo.inference import (
+    Chunking,
     DecodingConfig,
     check_decoding,
     decode_log_probs,
@@ -114,9 +115,16 @@ def reference_records(manifest: Optional[str | os.PathLike]) -> list[dict]:
 
 
 def manifest_log_probs(
-    model: EncDecCTCModel, records: Sequence[dict], batch_size: int, debug: bool = False
+    model: EncDecCTCModel,
+    records: Sequence[dict],
+    batch_size: int,
+    debug: bool = False,
+    chunking: Optional[Chunking] = None,
 ) -> tuple[list[Optional[np.ndarray]], list[str]]:
-    """Run the acoustic model once over ``records`` (:func:`~ibnet_nemo.inference.iter_log_probs`).
+    """Run the acoustic model once over ``records`` (:func:`~ibnet_nemo.inference.iter_log_probs`, long inputs
+    chunked as ``chunking`` says).
+
+    A long input damaged part-way counts as failed: its reference covers the whole recording.
 
     Returns:
         Per record, its log-probabilities ``(T', V + 1)`` (None where it failed), and its one-line error ('' where
@@ -124,7 +132,7 @@ def manifest_log_probs(
     """
     log_probs, errors = [], []
     with tqdm(total=len(records), desc="Acoustic model") as bar:
-        for batch in iter_log_probs(model, records, batch_size, debug=debug):
+        for batch in iter_log_probs(model, records, batch_size, debug=debug, chunking=chunking):
             for _, outcome in batch:
                 good = isinstance(outcome, np.ndarray)
                 log_probs.append(outcome if good else None)
@@ -200,9 +208,10 @@ def run_evaluation(cfg: EvaluationConfig | DictConfig) -> EvaluationResult:
             without ``text``, found before the acoustic model runs.
     """
     records = reference_records(cfg.dataset_manifest)
+    chunking = Chunking(cfg.chunk_len_in_secs, cfg.total_buffer_in_secs)
     model = load_model(cfg.model_path, cfg.cuda)
     check_decoding(model, cfg.ctc_decoding)
-    log_probs, errors = manifest_log_probs(model, records, cfg.batch_size, debug=cfg.debug)
+    log_probs, errors = manifest_log_probs(model, records, cfg.batch_size, debug=cfg.debug, chunking=chunking)
     (score,) = decode_and_score(
         model, log_probs, [record["text"] for record in records], {"decoding": cfg.ctc_decoding}, cfg.batch_size
     ).values()

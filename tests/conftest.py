@@ -1,10 +1,12 @@
-"""Shared fixtures: the shipped configs and a tiny generated speech-like dataset (no downloads)."""
+"""Shared fixtures: the shipped configs, a tiny generated speech-like dataset (no downloads) and a small IBNet
+trained on it."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import soundfile as sf
@@ -22,6 +24,7 @@ CONFIG_DIR = REPO / "configs"
 ALL_CONFIGS = tuple(sorted(path.stem for path in CONFIG_DIR.glob("*.yaml")))
 SHIPPED_CONFIGS = ("quartznet_5x5", "quartznet_10x5", "ibnet_c172", "ibnet_c192", "ibnet_c256")
 SAMPLE_RATE = 16000
+SMALL_IBNET = ["model.encoder.C=32", "model.encoder.repeat=1", "model.encoder.kernels=[11,11,11,13,13,15,15]"]
 TINY_VOCAB_SIZE = 24  # a SentencePiece BPE vocabulary of the tiny set: its 14 letters, <unk>, "▁" and 8 merges
 #: Overrides that shrink a shipped IBNet recipe to a model that trains and runs in a second.
 TINY_IBNET = ("model.encoder.C=16", "model.encoder.repeat=1")
@@ -78,16 +81,28 @@ def randomize_batchnorm(module: torch.nn.Module, seed: int = 0) -> None:
             bn.bias.copy_(0.3 * torch.randn(size, generator=generator))
 
 
-def _utterance(text: str, rng: np.random.Generator) -> np.ndarray:
-    """A word-dependent chirp per word with pauses between: audio a CTC model can start to fit."""
-    pieces = []
+LEAD_SECONDS, PAUSE_SECONDS = 0.1, 0.08  # silence before an utterance's first word, and after every word
+
+
+def word_spans(text: str) -> list[tuple[str, int, int]]:
+    """Where each word of a generated utterance lies: ``(word, first sample, end sample)``."""
+    spans, position = [], int(LEAD_SECONDS * SAMPLE_RATE)
     for word in text.split():
+        length = int((0.12 + 0.04 * len(word)) * SAMPLE_RATE)
+        spans.append((word, position, position + length))
+        position += length + int(PAUSE_SECONDS * SAMPLE_RATE)
+    return spans
+
+
+def utterance(text: str, rng: np.random.Generator) -> np.ndarray:
+    """A word-dependent chirp per word (where :func:`word_spans` puts it) with pauses between: audio a CTC model
+    can start to fit."""
+    spans = word_spans(text)
+    audio = np.zeros(spans[-1][2] + int(PAUSE_SECONDS * SAMPLE_RATE))
+    for word, start, end in spans:
         base = 200.0 + 90.0 * (sum(map(ord, word)) % 17)
-        duration = 0.12 + 0.04 * len(word)
-        t = np.arange(int(duration * SAMPLE_RATE)) / SAMPLE_RATE
-        tone = np.sin(2 * np.pi * (base + 400.0 * t) * t) * np.hanning(t.size)
-        pieces += [tone, np.zeros(int(0.08 * SAMPLE_RATE))]
-    audio = np.concatenate([np.zeros(int(0.1 * SAMPLE_RATE)), *pieces])
+        t = np.arange(end - start) / SAMPLE_RATE
+        audio[start:end] = np.sin(2 * np.pi * (base + 400.0 * t) * t) * np.hanning(t.size)
     return (0.4 * audio + 0.01 * rng.standard_normal(audio.size)).astype(np.float32)
 
 
@@ -98,7 +113,7 @@ def make_dataset(root: Path, count: int, seed: int) -> Path:
     records = []
     for index in range(count):
         text = " ".join(rng.choice(WORDS, size=rng.integers(1, 4)))
-        audio = _utterance(text, rng)
+        audio = utterance(text, rng)
         path = root / f"utt{index:03d}.wav"
         sf.write(path, audio, SAMPLE_RATE)
         records.append({"audio_filepath": str(path), "duration": audio.size / SAMPLE_RATE, "text": text})
@@ -110,6 +125,45 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
     """``{"train": manifest, "val": manifest}``: 16 and 6 generated utterances, 0.4-1.5 s each."""
     root = tmp_path_factory.mktemp("tiny_data")
     return {"train": make_dataset(root / "train", 16, seed=0), "val": make_dataset(root / "val", 6, seed=1)}
+
+
+def fit(cfg, max_steps: int):
+    """Train ``EncDecCTCModel(cfg.model)`` for ``max_steps`` on the CPU without logging or checkpoints."""
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    model = EncDecCTCModel(cfg=cfg.model, trainer=trainer)
+    trainer.fit(model)
+    return model, trainer
+
+
+@pytest.fixture(scope="session")
+def overfit_model(tiny_data):
+    """A small IBNet trained on the tiny training set until it transcribes it."""
+    pl.seed_everything(0)
+    overrides = (
+        data_overrides(tiny_data, batch_size=16)
+        + SMALL_IBNET
+        + [
+            "augment=none",
+            "model.preprocessor.dither=0.0",
+            "model.optim.name=adamw",
+            "model.optim.lr=0.01",
+            "model.optim.betas=[0.9,0.98]",
+            "model.optim.weight_decay=0.0",
+            "model.optim.sched.warmup_ratio=0.05",
+        ]
+    )
+    model, trainer = fit(compose("ibnet_c192", overrides), max_steps=50)
+    return model.eval(), trainer
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """The inference scripts end to end, each in a subprocess as a user runs it, on generated audio and a tiny
-(untrained, saved) IBNet model: transcribe (folder with a broken file; one file with the LM), evaluate, the
-LM grid search with its log-probs cache, and bad options; and the evaluation layer the last two share."""
+(untrained, saved) IBNet model: transcribe (folder with a broken file; one file with the LM; a long recording with
+timestamps and subtitles), evaluate, the LM grid search with its log-probs cache, and bad options; and the
+evaluation layer the last two share."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from ibnet_nemo.evaluate import decode_and_score, error_rates, manifest_log_prob
 from ibnet_nemo.grid_search import cache_key, compute_or_load_log_probs
 from ibnet_nemo.inference import decode_log_probs, iter_log_probs, load_model, set_decoding
 from ibnet_nemo.lm.arpa import build_arpa
+from ibnet_nemo.long_benchmark import build_recording
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +106,31 @@ def test_transcribe_one_file_with_the_lm(nemo_file, lm, tiny_data, tmp_path):
     set_decoding(model, decoding)
     assert record == {"audio_filepath": audio, "pred_text": decode_log_probs(model, [log_probs])[0]}
     assert record["pred_text"] != greedy
+
+
+def test_transcribe_a_long_recording_with_timestamps_and_subtitles(nemo_file, tiny_data, tmp_path):
+    records = list(read_manifest(tiny_data["val"]))
+    build_recording(records * 2, tmp_path / "talk.wav", 8.0)
+    run = _run(
+        "transcribe_speech.py",
+        f"model_path={nemo_file}",
+        f"audio_filepath={tmp_path / 'talk.wav'}",
+        "timestamps=true",
+        "output_format=srt",
+        "chunk_len_in_secs=2",
+        "total_buffer_in_secs=4",
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "Audio seconds" in run.stderr  # the progress bar of a long input
+    (record,) = read_manifest(tmp_path / "transcriptions.json")
+    assert sorted(record) == ["audio_filepath", "pred_text", "segment", "srt_filepath", "word"]
+    assert record["srt_filepath"] == str(tmp_path / "talk.srt") and (tmp_path / "talk.srt").is_file()
+    assert " ".join(word["word"] for word in record["word"]) == record["pred_text"]
+    assert all(sorted(word) == ["end", "end_offset", "start", "start_offset", "word"] for word in record["word"])
+    assert all(
+        sorted(segment) == ["end", "end_offset", "segment", "start", "start_offset"] for segment in record["segment"]
+    )
 
 
 def test_evaluation_prints_and_writes_nemo_word_error_rate(nemo_file, tiny_data, tmp_path):

@@ -9,30 +9,11 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
-from conftest import CONFIG_DIR, REPO, SHIPPED_CONFIGS, compose, data_overrides
+from conftest import CONFIG_DIR, REPO, SHIPPED_CONFIGS, compose, data_overrides, fit
 from nemo.collections.asr.metrics.wer import word_error_rate
 from nemo.collections.asr.models import EncDecCTCModel
 
 from ibnet_nemo.data.manifest import read_manifest
-
-SMALL_IBNET = ["model.encoder.C=32", "model.encoder.repeat=1", "model.encoder.kernels=[11,11,11,13,13,15,15]"]
-
-
-def _fit(cfg, max_steps):
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=max_steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
-    model = EncDecCTCModel(cfg=cfg.model, trainer=trainer)
-    trainer.fit(model)
-    return model, trainer
 
 
 def _transcribe(model, manifest):
@@ -76,32 +57,11 @@ def test_each_shipped_yaml_trains_through_nemos_data_loader(name, tiny_data):
     cfg = compose(name, data_overrides(tiny_data) + ["augment=none"])
     model = EncDecCTCModel(cfg=cfg.model)
     before = {k: v.clone() for k, v in model.encoder.state_dict().items() if v.is_floating_point()}
-    model, trainer = _fit(cfg, max_steps=2)
+    model, trainer = fit(cfg, max_steps=2)
     assert trainer.global_step == 2
     assert torch.isfinite(trainer.callback_metrics["train_loss"])
     changed = [k for k, v in model.encoder.state_dict().items() if k in before and not torch.equal(v, before[k])]
     assert len(changed) == len(before)  # every weight and BatchNorm statistic moved
-
-
-@pytest.fixture(scope="module")
-def overfit_model(tiny_data):
-    """A small IBNet trained on the tiny training set until it transcribes it."""
-    pl.seed_everything(0)
-    overrides = (
-        data_overrides(tiny_data, batch_size=16)
-        + SMALL_IBNET
-        + [
-            "augment=none",
-            "model.preprocessor.dither=0.0",
-            "model.optim.name=adamw",
-            "model.optim.lr=0.01",
-            "model.optim.betas=[0.9,0.98]",
-            "model.optim.weight_decay=0.0",
-            "model.optim.sched.warmup_ratio=0.05",
-        ]
-    )
-    model, trainer = _fit(compose("ibnet_c192", overrides), max_steps=50)
-    return model.eval(), trainer
 
 
 def test_a_few_dozen_steps_learn_the_tiny_set_and_greedy_transcribes_it(overfit_model, tiny_data):
