@@ -30,7 +30,8 @@ test: requirements lint
 	$(PY) -m pytest tests
 
 # The offline demo (docs/demo.md): installs the missing Debian TTS/prompt packages and the `demo` extra, builds the
-# corpus, trains IBNet and QuartzNet, prints the WER table. All of it is `python -m ibnet_nemo.demo`.
+# corpus, trains IBNet, prints the WER table. All of it is `python -m ibnet_nemo.demo` (`--compare` also trains
+# QuartzNet beside it).
 demo: requirements
 	$(PY) -m ibnet_nemo.demo --no-install
 

@@ -23,16 +23,33 @@ def main() -> None:
     labels = [spec.label for spec in MODELS]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny batches and one or two rounds: a smoke test")
-    parser.add_argument("--models", nargs="+", choices=labels, default=labels,
-                        help=f"models to run; must include the baseline {BASELINE!r} (default: all)")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=labels,
+        default=labels,
+        help=f"models to run; must include the baseline {BASELINE!r} (default: all)",
+    )
     parser.add_argument("--threads", type=int, default=FULL.threads, help="torch threads (default: %(default)s)")
     parser.add_argument("--device", choices=DEVICES, default=FULL.device, help="where to run (default: %(default)s)")
-    parser.add_argument("--autocast", choices=sorted(AUTOCAST_DTYPES), default=None,
-                        help="run the forward under torch.autocast with this dtype (default: fp32)")
-    parser.add_argument("--quantize", choices=QUANTIZATIONS, default=None,
-                        help="also time every model quantized this way (CPU, inference only; default: fp32 only)")
-    parser.add_argument("--output-dir", type=Path, default=Path("benchmark_results"),
-                        help="where benchmark.{md,json,png} go (default: %(default)s)")
+    parser.add_argument(
+        "--autocast",
+        choices=sorted(AUTOCAST_DTYPES),
+        default=None,
+        help="run the forward under torch.autocast with this dtype (default: fp32)",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZATIONS,
+        default=None,
+        help="also time every model quantized this way (CPU, inference only; default: fp32 only)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path("benchmark_results"),
+        help="where benchmark.{md,json,png} go (default: %(default)s)",
+    )
     parser.add_argument("--config-dir", type=Path, default=CONFIG_DIR, help="shipped configs (default: %(default)s)")
     args = parser.parse_args()
     if BASELINE not in args.models:

@@ -22,8 +22,10 @@ def main(cfg: GridSearchConfig) -> None:
     def grid_search() -> int:
         best, greedy_wer, results_path = run_grid_search(cfg)
         print(f"Greedy WER {100 * greedy_wer:.2f}%")
-        print(f"Best: beam_width={best.beam_width} beam_alpha={best.alpha} beam_beta={best.beta} "
-              f"WER {100 * best.wer:.2f}% CER {100 * best.cer:.2f}%")
+        print(
+            f"Best: beam_width={best.beam_width} beam_alpha={best.alpha} beam_beta={best.beta} "
+            f"WER {100 * best.wer:.2f}% CER {100 * best.cer:.2f}%"
+        )
         print(f"Results: {results_path.resolve()}")
         return 0
 

@@ -15,8 +15,11 @@ from ibnet_nemo.data.librispeech import LIBRISPEECH_URL, SUBSETS, prepare_libris
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_root", required=True, help="where manifests (and extracted audio) go")
-    parser.add_argument("--data_sets", default=",".join(SUBSETS),
-                        help="comma-separated subsets, `_` or `-` spelling (default: %(default)s)")
+    parser.add_argument(
+        "--data_sets",
+        default=",".join(SUBSETS),
+        help="comma-separated subsets, `_` or `-` spelling (default: %(default)s)",
+    )
     parser.add_argument("--source", help="folder with <subset>.tar.gz files or an extracted LibriSpeech/ tree")
     parser.add_argument("--download", action="store_true", help="download subsets found nowhere else")
     parser.add_argument("--url", default=LIBRISPEECH_URL, help="download URL template (default: %(default)s)")

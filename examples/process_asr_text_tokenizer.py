@@ -23,13 +23,24 @@ def main() -> None:
     parser.add_argument("--vocab_size", type=int, default=1024, help="pieces, <unk> included (default: %(default)s)")
     parser.add_argument("--tokenizer", default="spe", choices=["spe"], help="SentencePiece (default: %(default)s)")
     parser.add_argument("--spe_type", default="bpe", choices=SPE_TYPES, help="model type (default: %(default)s)")
-    parser.add_argument("--spe_character_coverage", type=float, default=1.0,
-                        help="1.0 for small alphabets, 0.9995 for Chinese or Japanese (default: %(default)s)")
+    parser.add_argument(
+        "--spe_character_coverage",
+        type=float,
+        default=1.0,
+        help="1.0 for small alphabets, 0.9995 for Chinese or Japanese (default: %(default)s)",
+    )
     parser.add_argument("--spe_sample_size", type=int, default=-1, help="sentences sampled, -1: all (default: -1)")
-    parser.add_argument("--spe_max_sentencepiece_length", type=int, default=-1,
-                        help="longest piece in characters, -1: no limit (default: -1)")
-    parser.add_argument("--spe_train_extremely_large_corpus", action="store_true",
-                        help="SentencePiece's setting for corpora too large for its default limits")
+    parser.add_argument(
+        "--spe_max_sentencepiece_length",
+        type=int,
+        default=-1,
+        help="longest piece in characters, -1: no limit (default: -1)",
+    )
+    parser.add_argument(
+        "--spe_train_extremely_large_corpus",
+        action="store_true",
+        help="SentencePiece's setting for corpora too large for its default limits",
+    )
     parser.add_argument("--spe_bos", action="store_true", help="add <s>")
     parser.add_argument("--spe_eos", action="store_true", help="add </s>")
     parser.add_argument("--spe_pad", action="store_true", help="add <pad>")

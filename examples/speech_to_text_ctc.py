@@ -10,13 +10,13 @@ checkpoint. Manifests are checked before training; see docs/recipes.md.
 
 import sys
 
+from nemo.core.config import hydra_runner
+from nemo.utils.get_rank import is_global_rank_zero
 from omegaconf import DictConfig
 
 import ibnet_nemo  # noqa: F401  (registers the IBNet encoder with NeMo)
 from ibnet_nemo.data.manifest_check import ManifestCheckError
 from ibnet_nemo.training import NonFiniteLossError, train
-from nemo.core.config import hydra_runner
-from nemo.utils.get_rank import is_global_rank_zero
 
 
 @hydra_runner(config_path="../configs", config_name="ibnet_c192")

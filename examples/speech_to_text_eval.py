@@ -2,7 +2,8 @@
 
     python examples/speech_to_text_eval.py model_path=ibnet.nemo dataset_manifest=dev_clean.json \\
         output_filename=dev_clean_transcripts.json
-    (+ ctc_decoding.strategy=pyctcdecode ctc_decoding.beam.ngram_lm_model=lm.arpa ... for the LM)
+    (+ ctc_decoding.strategy=pyctcdecode ctc_decoding.beam.ngram_lm_model=lm.arpa ... for the LM;
+     chunk_len_in_secs, total_buffer_in_secs for recordings longer than one buffer)
 
 Writes the transcripts (one record per utterance, `pred_text` or `error`) and `<output stem>_metrics.json`, and
 prints both names. Exit status: 0 all scored, 1 some utterances failed, 2 bad options. See docs/transcription.md.

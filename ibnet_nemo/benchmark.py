@@ -136,8 +136,9 @@ class BenchmarkSettings:
 
 FULL = BenchmarkSettings()
 # Smoke test: every model and code path, tiny batches, one or two rounds.
-QUICK = BenchmarkSettings(inference_shapes=((1, 2.0), (2, 1.5)), train_shape=(2, 1.5), inference_rounds=2,
-                          train_rounds=1)
+QUICK = BenchmarkSettings(
+    inference_shapes=((1, 2.0), (2, 1.5)), train_shape=(2, 1.5), inference_rounds=2, train_rounds=1
+)
 
 
 def shape_key(batch: int, seconds: float) -> str:
@@ -393,8 +394,13 @@ def _plot(results: Sequence[BenchmarkResult], settings: BenchmarkSettings, path:
         measured = [result for result in results if key in result.rtfx]
         axes.plot([r.params / 1e6 for r in measured], [r.rtfx[key] for r in measured], "o", label=f"batch {key}")
         for result in measured:
-            axes.annotate(result.label, (result.params / 1e6, result.rtfx[key]), fontsize=7,
-                          textcoords="offset points", xytext=(4, 3))
+            axes.annotate(
+                result.label,
+                (result.params / 1e6, result.rtfx[key]),
+                fontsize=7,
+                textcoords="offset points",
+                xytext=(4, 3),
+            )
     axes.margins(x=0.15)  # room for the labels
     axes.set_xlabel("parameters (millions)")
     axes.set_ylabel("RTFx (audio seconds per compute second)")
@@ -416,8 +422,16 @@ def write_report(
     paths = {kind: output_dir / f"benchmark.{kind}" for kind in ("md", "json", "png")}
     paths["md"].write_text(format_markdown(results, settings))
     paths["json"].write_text(
-        json.dumps({"settings": asdict(settings), "torch": torch.__version__, "device": describe_device(settings),
-                    "results": [asdict(result) for result in results]}, indent=2) + "\n"
+        json.dumps(
+            {
+                "settings": asdict(settings),
+                "torch": torch.__version__,
+                "device": describe_device(settings),
+                "results": [asdict(result) for result in results],
+            },
+            indent=2,
+        )
+        + "\n"
     )
     _plot(results, settings, paths["png"])
     return paths

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ibnet_nemo.data.manifest import write_manifest
 from ibnet_nemo.inference import (
+    Chunking,
     DecodingConfig,
     check_decoding,
     decode_log_probs,
@@ -69,8 +70,10 @@ class EvaluationResult:
     def __str__(self) -> str:
         failed = f", {self.failed} failed and not scored" if self.failed else ""
         scores = f"WER {100 * self.wer:.2f}%  CER {100 * self.cer:.2f}%" if self.scored else "No score"
-        return (f"{scores}  over {self.scored} utterances{failed}.\n"
-                f"Transcripts: {self.transcripts}\nMetrics: {self.metrics}")
+        return (
+            f"{scores}  over {self.scored} utterances{failed}.\n"
+            f"Transcripts: {self.transcripts}\nMetrics: {self.metrics}"
+        )
 
 
 @dataclass(frozen=True)
@@ -90,8 +93,10 @@ class DecodingScore:
 
 def error_rates(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[float, float]:
     """``(WER, CER)`` of ``hypotheses`` against ``references`` (NeMo's ``word_error_rate``)."""
-    return (word_error_rate(list(hypotheses), list(references)),
-            word_error_rate(list(hypotheses), list(references), use_cer=True))
+    return (
+        word_error_rate(list(hypotheses), list(references)),
+        word_error_rate(list(hypotheses), list(references), use_cer=True),
+    )
 
 
 def reference_records(manifest: Optional[str | os.PathLike]) -> list[dict]:
@@ -110,9 +115,16 @@ def reference_records(manifest: Optional[str | os.PathLike]) -> list[dict]:
 
 
 def manifest_log_probs(
-    model: EncDecCTCModel, records: Sequence[dict], batch_size: int, debug: bool = False
+    model: EncDecCTCModel,
+    records: Sequence[dict],
+    batch_size: int,
+    debug: bool = False,
+    chunking: Optional[Chunking] = None,
 ) -> tuple[list[Optional[np.ndarray]], list[str]]:
-    """Run the acoustic model once over ``records`` (:func:`~ibnet_nemo.inference.iter_log_probs`).
+    """Run the acoustic model once over ``records`` (:func:`~ibnet_nemo.inference.iter_log_probs`, long inputs
+    chunked as ``chunking`` says).
+
+    A long input damaged part-way counts as failed: its reference covers the whole recording.
 
     Returns:
         Per record, its log-probabilities ``(T', V + 1)`` (None where it failed), and its one-line error ('' where
@@ -120,7 +132,7 @@ def manifest_log_probs(
     """
     log_probs, errors = [], []
     with tqdm(total=len(records), desc="Acoustic model") as bar:
-        for batch in iter_log_probs(model, records, batch_size, debug=debug):
+        for batch in iter_log_probs(model, records, batch_size, debug=debug, chunking=chunking):
             for _, outcome in batch:
                 good = isinstance(outcome, np.ndarray)
                 log_probs.append(outcome if good else None)
@@ -161,8 +173,11 @@ def decode_and_score(
     scores = {}
     for name, decoding_cfg in tqdm(decodings.items(), desc="Decoding", disable=len(decodings) < 2):
         set_decoding(model, decoding_cfg)
-        hypotheses = [text for start in range(0, len(scored), batch_size)
-                      for text in decode_log_probs(model, [log_probs[i] for i in scored[start : start + batch_size]])]
+        hypotheses = [
+            text
+            for start in range(0, len(scored), batch_size)
+            for text in decode_log_probs(model, [log_probs[i] for i in scored[start : start + batch_size]])
+        ]
         texts: list[Optional[str]] = [None] * len(log_probs)
         for i, text in zip(scored, hypotheses):
             texts[i] = text
@@ -193,18 +208,33 @@ def run_evaluation(cfg: EvaluationConfig | DictConfig) -> EvaluationResult:
             without ``text``, found before the acoustic model runs.
     """
     records = reference_records(cfg.dataset_manifest)
+    chunking = Chunking(cfg.chunk_len_in_secs, cfg.total_buffer_in_secs)
     model = load_model(cfg.model_path, cfg.cuda, cfg.quantize)
     check_decoding(model, cfg.ctc_decoding)
-    log_probs, errors = manifest_log_probs(model, records, cfg.batch_size, debug=cfg.debug)
-    (score,) = decode_and_score(model, log_probs, [record["text"] for record in records],
-                                {"decoding": cfg.ctc_decoding}, cfg.batch_size).values()
+    log_probs, errors = manifest_log_probs(model, records, cfg.batch_size, debug=cfg.debug, chunking=chunking)
+    (score,) = decode_and_score(
+        model, log_probs, [record["text"] for record in records], {"decoding": cfg.ctc_decoding}, cfg.batch_size
+    ).values()
     transcripts = write_manifest(cfg.output_filename, transcript_records(records, score.texts, errors))
     failed = sum(bool(error) for error in errors)
     result = EvaluationResult(
-        wer=score.wer, cer=score.cer, scored=len(records) - failed, failed=failed,
-        transcripts=str(transcripts.resolve()), metrics=str(metrics_path(transcripts).resolve()),
+        wer=score.wer,
+        cer=score.cer,
+        scored=len(records) - failed,
+        failed=failed,
+        transcripts=str(transcripts.resolve()),
+        metrics=str(metrics_path(transcripts).resolve()),
     )
-    Path(result.metrics).write_text(json.dumps({**asdict(result), "model_path": cfg.model_path,
-                                                "dataset_manifest": cfg.dataset_manifest, "quantize": cfg.quantize},
-                                               indent=2) + "\n")
+    Path(result.metrics).write_text(
+        json.dumps(
+            {
+                **asdict(result),
+                "model_path": cfg.model_path,
+                "dataset_manifest": cfg.dataset_manifest,
+                "quantize": cfg.quantize,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return result

@@ -71,7 +71,11 @@ def cache_key(*paths: str | os.PathLike) -> str:
 
 
 def compute_or_load_log_probs(
-    model: EncDecCTCModel, records: Sequence[dict], cache_file: str | os.PathLike, key: str, batch_size: int,
+    model: EncDecCTCModel,
+    records: Sequence[dict],
+    cache_file: str | os.PathLike,
+    key: str,
+    batch_size: int,
     debug: bool = False,
 ) -> tuple[list[Optional[np.ndarray]], list[str]]:
     """Per record, its log-probabilities ``(T', V + 1)`` (None where it failed) and its error ('' where none).
@@ -134,8 +138,9 @@ def search(
         decoding.beam.ngram_lm_alpha, decoding.beam.beam_beta = float(alpha), float(beta)
         decodings[int(beam_width), float(alpha), float(beta)] = decoding
     scores = decode_and_score(model, log_probs, references, decodings, batch_size)
-    points = [GridPoint(beam_width, alpha, beta, score.wer, score.cer)
-              for (beam_width, alpha, beta), score in scores.items()]
+    points = [
+        GridPoint(beam_width, alpha, beta, score.wer, score.cer) for (beam_width, alpha, beta), score in scores.items()
+    ]
     return points, [score.texts for score in scores.values()]
 
 
@@ -168,8 +173,9 @@ def run_grid_search(cfg: GridSearchConfig | DictConfig) -> tuple[GridPoint, floa
 
     model = load_model(cfg.nemo_model_file, cfg.cuda, cfg.quantize)
     check_decoding(model, {"strategy": "pyctcdecode", "beam": {"ngram_lm_model": cfg.kenlm_model_file}})
-    log_probs, errors = compute_or_load_log_probs(model, records, cache_file, key, cfg.acoustic_batch_size,
-                                                  debug=cfg.debug)
+    log_probs, errors = compute_or_load_log_probs(
+        model, records, cache_file, key, cfg.acoustic_batch_size, debug=cfg.debug
+    )
     failed = sum(bool(error) for error in errors)
     if failed == len(records):
         raise ValueError(f"{cfg.input_manifest}: no utterance could be transcribed (first error: {errors[0]})")
@@ -177,10 +183,19 @@ def run_grid_search(cfg: GridSearchConfig | DictConfig) -> tuple[GridPoint, floa
         print(f"{failed} of {len(records)} utterances failed and are left out of the search")
     references = [record["text"] for record in records]
 
-    (greedy,) = decode_and_score(model, log_probs, references, {"greedy": CTCDecodingConfig()},
-                                 cfg.acoustic_batch_size).values()
-    points, texts = search(model, log_probs, references, cfg.kenlm_model_file, cfg.beam_width, cfg.beam_alpha,
-                           cfg.beam_beta, cfg.acoustic_batch_size)
+    (greedy,) = decode_and_score(
+        model, log_probs, references, {"greedy": CTCDecodingConfig()}, cfg.acoustic_batch_size
+    ).values()
+    points, texts = search(
+        model,
+        log_probs,
+        references,
+        cfg.kenlm_model_file,
+        cfg.beam_width,
+        cfg.beam_alpha,
+        cfg.beam_beta,
+        cfg.acoustic_batch_size,
+    )
     best_index = min(range(len(points)), key=lambda i: points[i].wer)
 
     output_folder.mkdir(parents=True, exist_ok=True)

@@ -201,8 +201,11 @@ class NonFiniteLossGuard(Callback):
             )
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        bad = [name for name, value in checkpoint["state_dict"].items()
-               if value.is_floating_point() and not torch.isfinite(value).all()]
+        bad = [
+            name
+            for name, value in checkpoint["state_dict"].items()
+            if value.is_floating_point() and not torch.isfinite(value).all()
+        ]
         if bad:
             raise NonFiniteLossError(f"refusing to write a checkpoint with non-finite weights: {', '.join(bad[:5])}")
 

@@ -1,24 +1,35 @@
-"""Shared fixtures: the shipped configs and a tiny generated speech-like dataset (no downloads)."""
+"""Shared fixtures: the shipped configs, a tiny generated speech-like dataset (no downloads) and a small IBNet
+trained on it."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from nemo.collections.asr.models import EncDecCTCModel
 
 import ibnet_nemo  # noqa: F401  (registers the plugin in the test process)
 from ibnet_nemo.data.manifest import write_manifest
+from ibnet_nemo.data.tokenizer import build_tokenizer
+from ibnet_nemo.modules import IBNetEncoder
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
+#: Every recipe in configs/ (the LibriSpeech recipes, their sub-word variant, the demo's).
+ALL_CONFIGS = tuple(sorted(path.stem for path in CONFIG_DIR.glob("*.yaml")))
 SHIPPED_CONFIGS = ("quartznet_5x5", "quartznet_10x5", "ibnet_c172", "ibnet_c192", "ibnet_c256")
 SAMPLE_RATE = 16000
-#: A small IBNet (C=32, one module per block, short kernels) that learns the tiny set in a few dozen steps.
 SMALL_IBNET = ["model.encoder.C=32", "model.encoder.repeat=1", "model.encoder.kernels=[11,11,11,13,13,15,15]"]
+TINY_VOCAB_SIZE = 24  # a SentencePiece BPE vocabulary of the tiny set: its 14 letters, <unk>, "▁" and 8 merges
+#: Overrides that shrink a shipped IBNet recipe to a model that trains and runs in a second.
+TINY_IBNET = ("model.encoder.C=16", "model.encoder.repeat=1")
+#: Overrides that build a shipped recipe without data (NeMo then sets up no data loaders).
+NO_DATA = ("model.train_ds.manifest_filepath=null", "model.validation_ds.manifest_filepath=null")
 WORDS = ("one", "two", "three", "four", "five", "yes", "no", "hello")
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -44,6 +55,20 @@ def data_overrides(tiny_data: dict[str, Path], batch_size: int = 4) -> list[str]
     ]
 
 
+def tiny_ibnet_model(*overrides: str, seed: int = 0):
+    """An untrained tiny IBNet ``EncDecCTCModel`` from ``ibnet_c192.yaml`` (deterministic weights), no data."""
+    torch.manual_seed(seed)
+    return EncDecCTCModel(cfg=compose("ibnet_c192", [*TINY_IBNET, *NO_DATA, *overrides]).model)
+
+
+def small_encoder(seed: int = 0, **kwargs):
+    """A small ``IBNetEncoder`` (16 features in, C=8, R=2, short kernels) with randomized BatchNorm, in eval mode."""
+    torch.manual_seed(seed)
+    encoder = IBNetEncoder(feat_in=16, C=8, repeat=2, kernels=(5, 5, 7, 7, 9, 9, 11), **kwargs)
+    randomize_batchnorm(encoder, seed=seed)
+    return encoder.eval()
+
+
 def randomize_batchnorm(module: torch.nn.Module, seed: int = 0) -> None:
     """Non-trivial running statistics and affine parameters, so that folding them in is really tested."""
     generator = torch.Generator().manual_seed(seed)
@@ -56,16 +81,28 @@ def randomize_batchnorm(module: torch.nn.Module, seed: int = 0) -> None:
             bn.bias.copy_(0.3 * torch.randn(size, generator=generator))
 
 
-def _utterance(text: str, rng: np.random.Generator) -> np.ndarray:
-    """A word-dependent chirp per word with pauses between: audio a CTC model can start to fit."""
-    pieces = []
+LEAD_SECONDS, PAUSE_SECONDS = 0.1, 0.08  # silence before an utterance's first word, and after every word
+
+
+def word_spans(text: str) -> list[tuple[str, int, int]]:
+    """Where each word of a generated utterance lies: ``(word, first sample, end sample)``."""
+    spans, position = [], int(LEAD_SECONDS * SAMPLE_RATE)
     for word in text.split():
+        length = int((0.12 + 0.04 * len(word)) * SAMPLE_RATE)
+        spans.append((word, position, position + length))
+        position += length + int(PAUSE_SECONDS * SAMPLE_RATE)
+    return spans
+
+
+def utterance(text: str, rng: np.random.Generator) -> np.ndarray:
+    """A word-dependent chirp per word (where :func:`word_spans` puts it) with pauses between: audio a CTC model
+    can start to fit."""
+    spans = word_spans(text)
+    audio = np.zeros(spans[-1][2] + int(PAUSE_SECONDS * SAMPLE_RATE))
+    for word, start, end in spans:
         base = 200.0 + 90.0 * (sum(map(ord, word)) % 17)
-        duration = 0.12 + 0.04 * len(word)
-        t = np.arange(int(duration * SAMPLE_RATE)) / SAMPLE_RATE
-        tone = np.sin(2 * np.pi * (base + 400.0 * t) * t) * np.hanning(t.size)
-        pieces += [tone, np.zeros(int(0.08 * SAMPLE_RATE))]
-    audio = np.concatenate([np.zeros(int(0.1 * SAMPLE_RATE)), *pieces])
+        t = np.arange(end - start) / SAMPLE_RATE
+        audio[start:end] = np.sin(2 * np.pi * (base + 400.0 * t) * t) * np.hanning(t.size)
     return (0.4 * audio + 0.01 * rng.standard_normal(audio.size)).astype(np.float32)
 
 
@@ -76,7 +113,7 @@ def make_dataset(root: Path, count: int, seed: int) -> Path:
     records = []
     for index in range(count):
         text = " ".join(rng.choice(WORDS, size=rng.integers(1, 4)))
-        audio = _utterance(text, rng)
+        audio = utterance(text, rng)
         path = root / f"utt{index:03d}.wav"
         sf.write(path, audio, SAMPLE_RATE)
         records.append({"audio_filepath": str(path), "duration": audio.size / SAMPLE_RATE, "text": text})
@@ -91,10 +128,7 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
 
 
 def fit(cfg, max_steps: int):
-    """Train ``EncDecCTCModel(cfg.model)`` on the CPU for ``max_steps`` steps; returns the model and its trainer."""
-    import lightning.pytorch as pl
-    from nemo.collections.asr.models import EncDecCTCModel
-
+    """Train ``EncDecCTCModel(cfg.model)`` for ``max_steps`` on the CPU without logging or checkpoints."""
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,
@@ -113,19 +147,26 @@ def fit(cfg, max_steps: int):
 
 @pytest.fixture(scope="session")
 def overfit_model(tiny_data):
-    """A small IBNet trained on the tiny training set until it transcribes it, in eval mode, and its trainer.
-    Shared: tests that change it work on a copy (save it and restore the copy)."""
-    import lightning.pytorch as pl
-
+    """A small IBNet trained on the tiny training set until it transcribes it."""
     pl.seed_everything(0)
-    overrides = data_overrides(tiny_data, batch_size=16) + SMALL_IBNET + [
-        "augment=none",
-        "model.preprocessor.dither=0.0",
-        "model.optim.name=adamw",
-        "model.optim.lr=0.01",
-        "model.optim.betas=[0.9,0.98]",
-        "model.optim.weight_decay=0.0",
-        "model.optim.sched.warmup_ratio=0.05",
-    ]
+    overrides = (
+        data_overrides(tiny_data, batch_size=16)
+        + SMALL_IBNET
+        + [
+            "augment=none",
+            "model.preprocessor.dither=0.0",
+            "model.optim.name=adamw",
+            "model.optim.lr=0.01",
+            "model.optim.betas=[0.9,0.98]",
+            "model.optim.weight_decay=0.0",
+            "model.optim.sched.warmup_ratio=0.05",
+        ]
+    )
     model, trainer = fit(compose("ibnet_c192", overrides), max_steps=50)
     return model.eval(), trainer
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_data, tmp_path_factory) -> Path:
+    """A BPE tokenizer folder (NeMo's layout) of :data:`TINY_VOCAB_SIZE` pieces built from the tiny training set."""
+    return build_tokenizer(tmp_path_factory.mktemp("tokenizers"), TINY_VOCAB_SIZE, manifests=[tiny_data["train"]])

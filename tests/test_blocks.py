@@ -2,19 +2,10 @@
 
 import pytest
 import torch
+from conftest import randomize_batchnorm
 
 from ibnet_nemo.parts.blocks import ConvBNAct, IBBlock, InvertedBottleneck, make_mask
 from ibnet_nemo.parts.conv_bn import ConvBN, conv_output_lengths
-
-
-def _randomize_bn(module: torch.nn.Module, seed: int = 0) -> None:
-    """Give every BatchNorm non-trivial statistics so that eval-mode tests exercise them."""
-    generator = torch.Generator().manual_seed(seed)
-    for bn in (m for m in module.modules() if isinstance(m, torch.nn.BatchNorm1d)):
-        bn.running_mean.copy_(torch.randn(bn.num_features, generator=generator) * 0.1)
-        bn.running_var.copy_(torch.rand(bn.num_features, generator=generator) + 0.5)
-        bn.weight.data.copy_(torch.rand(bn.num_features, generator=generator) + 0.5)
-        bn.bias.data.copy_(torch.randn(bn.num_features, generator=generator) * 0.1)
 
 
 @pytest.mark.parametrize("length", [1, 2, 99, 100, 101])
@@ -62,7 +53,7 @@ def test_inverted_bottleneck_widths_and_parameter_count():
 def test_projection_is_linear_and_matches_the_written_out_computation(fast):
     torch.manual_seed(0)
     block = InvertedBottleneck(8, 12, kernel_size=5, expansion=2, fast=fast)
-    _randomize_bn(block)
+    randomize_batchnorm(block)
     block.eval()
     x = torch.randn(2, 8, 30)
     y = block(x, torch.ones(2, 1, 30))
@@ -76,15 +67,18 @@ def test_projection_is_linear_and_matches_the_written_out_computation(fast):
     assert (y < 0).float().mean() > 0.2  # a ReLU there would leave no negative values
 
 
-@pytest.mark.parametrize("block", [
-    InvertedBottleneck(6, 6, kernel_size=9),
-    IBBlock(6, 10, kernel_size=9, repeat=2),
-    IBBlock(6, 10, kernel_size=9, repeat=3, stride=2),
-    ConvBNAct(6, 10, kernel_size=9, stride=2),
-])
+@pytest.mark.parametrize(
+    "block",
+    [
+        InvertedBottleneck(6, 6, kernel_size=9),
+        IBBlock(6, 10, kernel_size=9, repeat=2),
+        IBBlock(6, 10, kernel_size=9, repeat=3, stride=2),
+        ConvBNAct(6, 10, kernel_size=9, stride=2),
+    ],
+)
 def test_padding_never_reaches_valid_frames(block):
     block.eval()
-    _randomize_bn(block)
+    randomize_batchnorm(block)
     lengths = torch.tensor([25, 13])
     x = torch.randn(2, 6, 25)
     garbage = x.clone()
@@ -128,7 +122,7 @@ def test_strided_ib_block_keeps_every_stride_th_frame_on_both_paths(fast):
     # frames 0, 2, 4, ... of the unstrided one, so the depth-wise path and the 1x1 residual stay aligned.
     torch.manual_seed(0)
     strided = IBBlock(8, 12, kernel_size=7, repeat=1, stride=2, fast=fast)
-    _randomize_bn(strided)
+    randomize_batchnorm(strided)
     unstrided = IBBlock(8, 12, kernel_size=7, repeat=1, fast=fast)
     unstrided.load_state_dict(strided.state_dict())
     strided.eval(), unstrided.eval()
@@ -143,13 +137,18 @@ def test_strided_ib_block_keeps_every_stride_th_frame_on_both_paths(fast):
 def test_conv_bn_fast_path_equals_reference_for_each_convolution_kind():
     torch.manual_seed(0)
     x = torch.randn(3, 12, 41)
-    for kwargs in ({"kernel_size": 1}, {"kernel_size": 1, "stride": 2}, {"kernel_size": 9, "groups": 12},
-                   {"kernel_size": 5, "stride": 2}, {"kernel_size": 9, "stride": 2, "groups": 12},
-                   {"kernel_size": 7, "dilation": 2, "groups": 12}):
+    for kwargs in (
+        {"kernel_size": 1},
+        {"kernel_size": 1, "stride": 2},
+        {"kernel_size": 9, "groups": 12},
+        {"kernel_size": 5, "stride": 2},
+        {"kernel_size": 9, "stride": 2, "groups": 12},
+        {"kernel_size": 7, "dilation": 2, "groups": 12},
+    ):
         out_channels = 12 if kwargs.get("groups") else 20
         fast = ConvBN(12, out_channels, **kwargs)
         reference = ConvBN(12, out_channels, fast=False, **kwargs)
-        _randomize_bn(fast)
+        randomize_batchnorm(fast)
         reference.load_state_dict(fast.state_dict())
         for mode in ("train", "eval"):
             fast.train(mode == "train")

@@ -8,6 +8,7 @@ import csv
 import subprocess
 import sys
 import tarfile
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,8 @@ import sentencepiece
 import soundfile as sf
 import torch
 import yaml
-from conftest import REPO, SAMPLE_RATE, compose
+from conftest import NO_DATA, REPO, SAMPLE_RATE, compose
+from conftest import TINY_VOCAB_SIZE as VOCAB_SIZE
 from nemo.collections.asr.models import EncDecCTCModelBPE
 from nemo.collections.common.tokenizers.sentencepiece_tokenizer import SentencePieceTokenizer
 
@@ -26,9 +28,7 @@ from ibnet_nemo.data.tokenizer import TOKENIZER_FILES, build_tokenizer
 from ibnet_nemo.inference import decode_log_probs, load_model, output_characters, set_decoding
 from ibnet_nemo.lm.arpa import build_arpa
 
-VOCAB_SIZE = 24  # the tiny set's 14 letters, <unk>, "▁" and 8 merges
 TINY_BPE_IBNET = ["model.encoder.C=16", "model.encoder.repeat=1", "model.encoder.kernels=[11,11,11,13,13,15,15]"]
-NO_DATA = ["model.train_ds.manifest_filepath=null", "model.validation_ds.manifest_filepath=null"]
 
 
 def _pieces(tokenizer_dir: Path) -> list[str]:
@@ -37,13 +37,14 @@ def _pieces(tokenizer_dir: Path) -> list[str]:
 
 
 def _script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "examples" / name), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(REPO / "examples" / name), *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dir(tiny_data, tmp_path_factory) -> Path:
-    return build_tokenizer(tmp_path_factory.mktemp("tokenizers"), VOCAB_SIZE, manifests=[tiny_data["train"]])
+def tokenizer_dir(tiny_tokenizer) -> Path:
+    return tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,8 @@ def test_tokenizer_folder_is_what_nemo_loads(tokenizer_dir, tiny_data, bpe_model
     assert len(pieces) == VOCAB_SIZE and pieces[0] == "<unk>"
     # NeMo's vocab.txt: every piece but <unk>, "▁x" written "x" and a word-inner "x" written "##x".
     assert (tokenizer_dir / "vocab.txt").read_text().splitlines() == [
-        piece[1:] or piece if piece.startswith("\u2581") else f"##{piece}" for piece in pieces[1:]]
+        piece[1:] or piece if piece.startswith("\u2581") else f"##{piece}" for piece in pieces[1:]
+    ]
     # The model built from configs/ibnet_c192_bpe.yaml takes its classes from the tokenizer.
     assert bpe_model.tokenizer.vocab_size == VOCAB_SIZE
     assert list(bpe_model.decoder.vocabulary) == pieces
@@ -85,8 +87,11 @@ def test_lower_case_folds_the_pieces(lower_case, tmp_path):
 def test_vocab_size_too_large_for_the_text_is_an_error(tmp_path):
     text = tmp_path / "text.txt"
     text.write_text("one two three\n")
-    with pytest.raises(ValueError, match=r"vocab_size=500 is too large for this text: SentencePiece made only \d+ "
-                                         r"bpe pieces .* use a vocab_size of at most \d+"):
+    with pytest.raises(
+        ValueError,
+        match=r"vocab_size=500 is too large for this text: SentencePiece made only \d+ "
+        r"bpe pieces .* use a vocab_size of at most \d+",
+    ):
         build_tokenizer(tmp_path / "out", 500, data_file=text)
     assert not (tmp_path / "out" / "tokenizer_spe_bpe_v500").exists()
     with pytest.raises(ValueError, match="exactly one of manifests and data_file"):
@@ -94,9 +99,17 @@ def test_vocab_size_too_large_for_the_text_is_an_error(tmp_path):
 
 
 def test_script_takes_nemos_arguments(tiny_data, tokenizer_dir, tmp_path):
-    run = _script("process_asr_text_tokenizer.py", f"--manifest={tiny_data['train']},{tiny_data['val']}",
-                  "--data_root=tokenizers", f"--vocab_size={VOCAB_SIZE}", "--tokenizer=spe", "--spe_type=bpe",
-                  "--spe_character_coverage=1.0", "--lower_case", cwd=tmp_path)
+    run = _script(
+        "process_asr_text_tokenizer.py",
+        f"--manifest={tiny_data['train']},{tiny_data['val']}",
+        "--data_root=tokenizers",
+        f"--vocab_size={VOCAB_SIZE}",
+        "--tokenizer=spe",
+        "--spe_type=bpe",
+        "--spe_character_coverage=1.0",
+        "--lower_case",
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     folder = tmp_path / "tokenizers" / f"tokenizer_spe_bpe_v{VOCAB_SIZE}"
     assert run.stdout.strip().endswith(f"Serialized tokenizer at location : {folder.relative_to(tmp_path)}")
@@ -104,25 +117,41 @@ def test_script_takes_nemos_arguments(tiny_data, tokenizer_dir, tmp_path):
     assert len((tmp_path / "tokenizers" / "text_corpus" / "document.txt").read_text().splitlines()) == len(records)
     assert len(_pieces(folder)) == VOCAB_SIZE
 
-    too_large = _script("process_asr_text_tokenizer.py", f"--manifest={tiny_data['train']}", "--data_root=big",
-                        "--vocab_size=5000", "--tokenizer=spe", cwd=tmp_path)
+    too_large = _script(
+        "process_asr_text_tokenizer.py",
+        f"--manifest={tiny_data['train']}",
+        "--data_root=big",
+        "--vocab_size=5000",
+        "--tokenizer=spe",
+        cwd=tmp_path,
+    )
     assert too_large.returncode == 1 and "Traceback" not in too_large.stderr
     assert "error: vocab_size=5000 is too large for this text" in too_large.stderr
 
 
-def test_recipe_trains_saves_and_the_nemo_file_restores_and_transcribes_elsewhere(tiny_data, tokenizer_dir,
-                                                                                   tmp_path):
+def test_recipe_trains_saves_and_the_nemo_file_restores_and_transcribes_elsewhere(tiny_data, tokenizer_dir, tmp_path):
     # The documented commands: the tokenizer's folder, then training; 16 utterances in batches of 8 = 2 steps.
     local_tokenizer = tmp_path / "tokenizer"
     local_tokenizer.mkdir()
     for name in TOKENIZER_FILES:
         (local_tokenizer / name).write_bytes((tokenizer_dir / name).read_bytes())
-    run = _script("speech_to_text_ctc.py", "--config-path=../configs", "--config-name=ibnet_c192_bpe",
-                  f"model.tokenizer.dir={local_tokenizer}", f"model.train_ds.manifest_filepath={tiny_data['train']}",
-                  f"model.validation_ds.manifest_filepath={tiny_data['val']}", f"exp_manager.exp_dir={tmp_path}",
-                  "trainer.accelerator=cpu", "trainer.max_epochs=1", "model.train_ds.batch_size=8",
-                  "model.train_ds.num_workers=0", "model.validation_ds.num_workers=0", "augment=none",
-                  *TINY_BPE_IBNET, cwd=tmp_path)
+    run = _script(
+        "speech_to_text_ctc.py",
+        "--config-path=../configs",
+        "--config-name=ibnet_c192_bpe",
+        f"model.tokenizer.dir={local_tokenizer}",
+        f"model.train_ds.manifest_filepath={tiny_data['train']}",
+        f"model.validation_ds.manifest_filepath={tiny_data['val']}",
+        f"exp_manager.exp_dir={tmp_path}",
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=1",
+        "model.train_ds.batch_size=8",
+        "model.train_ds.num_workers=0",
+        "model.validation_ds.num_workers=0",
+        "augment=none",
+        *TINY_BPE_IBNET,
+        cwd=tmp_path,
+    )
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-4000:]
     nemo_file = tmp_path / "ibnet_c192_bpe" / "checkpoints" / "ibnet_c192_bpe.nemo"
@@ -136,21 +165,52 @@ def test_recipe_trains_saves_and_the_nemo_file_restores_and_transcribes_elsewher
     assert config["target"].endswith(".EncDecCTCModelBPE") and config["encoder"]["strides"] == [2, 1, 2, 1, 2, 1, 1]
     assert any(name.endswith("_tokenizer.model") for name in names)  # the tokenizer travels in the .nemo
 
-    # Elsewhere: without the tokenizer folder, in fresh processes, through the inference scripts.
+    # Elsewhere: without the tokenizer folder, in fresh processes: the inference scripts and the launcher.
     for name in TOKENIZER_FILES:
         (local_tokenizer / name).unlink()
-    run = _script("transcribe_speech.py", f"model_path={nemo_file}", f"dataset_manifest={tiny_data['val']}",
-                  "output_filename=transcripts.json", "cuda=-1", cwd=tmp_path)
+    run = _script(
+        "transcribe_speech.py",
+        f"model_path={nemo_file}",
+        f"dataset_manifest={tiny_data['val']}",
+        "output_filename=transcripts.json",
+        "cuda=-1",
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     transcripts = list(read_manifest(tmp_path / "transcripts.json"))
     assert len(transcripts) == 6 and all(isinstance(record["pred_text"], str) for record in transcripts)
     assert "Transcribed 6 of 6 inputs" in run.stdout
 
+    # A script that does not import the plugin (as NeMo's own), through the launcher.
+    audio = [record["audio_filepath"] for record in read_manifest(tiny_data["val"])]
+    stock_script = tmp_path / "stock_script.py"
+    stock_script.write_text(
+        textwrap.dedent(f"""
+        from nemo.collections.asr.models import ASRModel
+        model = ASRModel.restore_from({str(nemo_file)!r}, map_location="cpu")
+        texts = [h.text for h in model.transcribe({audio!r}, batch_size=4, verbose=False)]
+        print(f"RESTORED {{type(model).__name__}} {{len(texts)}}")
+    """)
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "ibnet_nemo", str(stock_script)], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "RESTORED EncDecCTCModelBPE 6" in run.stdout
+
     lm = build_arpa([record["text"] for record in read_manifest(tiny_data["train"])], tmp_path / "words.arpa")
-    run = _script("eval_beamsearch_ngram_ctc.py", f"nemo_model_file={nemo_file}",
-                  f"input_manifest={tiny_data['val']}", f"kenlm_model_file={lm}", "beam_width=[4]",
-                  "beam_alpha=[0.5,1.0]", "beam_beta=[0.0]", "preds_output_folder=search", "acoustic_batch_size=4",
-                  cwd=tmp_path)
+    run = _script(
+        "eval_beamsearch_ngram_ctc.py",
+        f"nemo_model_file={nemo_file}",
+        f"input_manifest={tiny_data['val']}",
+        f"kenlm_model_file={lm}",
+        "beam_width=[4]",
+        "beam_alpha=[0.5,1.0]",
+        "beam_beta=[0.0]",
+        "preds_output_folder=search",
+        "acoustic_batch_size=4",
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     with open(tmp_path / "search" / "grid_search_results.tsv") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
@@ -171,8 +231,9 @@ def test_beam_search_with_a_word_arpa_finds_words_at_the_word_boundary_pieces(bp
     likely, known = "three fine", "three five"
     length = 2 * max(len(bpe_model.tokenizer.text_to_ids(text)) for text in (likely, known)) + 2
     probs = np.full((length, len(bpe_model.decoder.vocabulary) + 1), 1e-4)
-    for frame, (token_likely, token_known) in enumerate(zip(_frames(bpe_model, likely, length),
-                                                            _frames(bpe_model, known, length))):
+    for frame, (token_likely, token_known) in enumerate(
+        zip(_frames(bpe_model, likely, length), _frames(bpe_model, known, length))
+    ):
         probs[frame, token_likely] += 0.6
         probs[frame, token_known] += 0.4
     log_probs = np.log(probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
@@ -180,8 +241,13 @@ def test_beam_search_with_a_word_arpa_finds_words_at_the_word_boundary_pieces(bp
     set_decoding(bpe_model, {"strategy": "greedy_batch"})
     assert decode_log_probs(bpe_model, [log_probs]) == [likely]
     lm = build_arpa(["three five", "five three", "one two"], tmp_path / "words.arpa")
-    set_decoding(bpe_model, {"strategy": "pyctcdecode", "beam": {
-        "beam_size": 8, "ngram_lm_model": str(lm), "ngram_lm_alpha": 1.0, "beam_beta": 0.0}})
+    set_decoding(
+        bpe_model,
+        {
+            "strategy": "pyctcdecode",
+            "beam": {"beam_size": 8, "ngram_lm_model": str(lm), "ngram_lm_alpha": 1.0, "beam_beta": 0.0},
+        },
+    )
     assert decode_log_probs(bpe_model, [log_probs]) == [known]
     set_decoding(bpe_model, {"strategy": "greedy_batch"})
 
@@ -233,8 +299,9 @@ def test_manifest_check_counts_pieces_and_keeps_case_to_the_tokenizer(tokenizer_
     audio = tmp_path / "short.wav"
     sf.write(audio, np.zeros(3200, dtype=np.float32), SAMPLE_RATE)
     texts = ["five  five", "FIVE", "fine", "f\u00f6ve"]
-    manifest = write_manifest(tmp_path / "train.json",
-                              [{"audio_filepath": str(audio), "duration": 0.2, "text": text} for text in texts])
+    manifest = write_manifest(
+        tmp_path / "train.json", [{"audio_filepath": str(audio), "duration": 0.2, "text": text} for text in texts]
+    )
     units = SubwordUnits(SentencePieceTokenizer(model_path=str(tokenizer_dir / "tokenizer.model")))
     report = check_manifest(manifest, None, SAMPLE_RATE, 160, 8, tmp_path / "cleaned", 1.0, subwords=units)
     # "five five": 9 characters, but the pieces ▁five ▁five and a blank between them fit 3 frames;

@@ -70,8 +70,10 @@ def test_padded_batch_equals_each_utterance_alone():
     model, _ = _models()
     audio, lengths = _batch()
     with torch.inference_mode():
-        alone = [model.preprocessor(input_signal=audio[b : b + 1, :n], length=lengths[b : b + 1])
-                 for b, n in enumerate(lengths.tolist())]
+        alone = [
+            model.preprocessor(input_signal=audio[b : b + 1, :n], length=lengths[b : b + 1])
+            for b, n in enumerate(lengths.tolist())
+        ]
         frames = max(features.shape[-1] for features, _ in alone)
         batch = torch.full((len(alone), alone[0][0].shape[1], frames), 1e3, device="cuda")  # padding holds garbage
         for b, (features, _) in enumerate(alone):
@@ -108,8 +110,12 @@ def test_bf16_autocast_stays_close_to_the_fp32_reference_and_trains():
     with torch.autocast("cuda", dtype=torch.bfloat16):
         log_probs, encoded_len, _ = model(input_signal=audio, input_signal_length=lengths)
     targets = torch.randint(0, 28, (len(SECONDS), 20), device="cuda")
-    loss = model.loss(log_probs=log_probs.float(), targets=targets, input_lengths=encoded_len,
-                      target_lengths=torch.full((len(SECONDS),), 20, device="cuda"))
+    loss = model.loss(
+        log_probs=log_probs.float(),
+        targets=targets,
+        input_lengths=encoded_len,
+        target_lengths=torch.full((len(SECONDS),), 20, device="cuda"),
+    )
     loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.encoder.parameters())
@@ -132,9 +138,19 @@ def test_bf16_mixed_training_through_nemo_lowers_the_loss(tiny_data):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             losses.append(float(outputs["loss"]))
 
-    trainer = pl.Trainer(accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=40, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         num_sanity_val_steps=0, limit_val_batches=0, callbacks=[RecordLoss()])
+    trainer = pl.Trainer(
+        accelerator="gpu",
+        devices=1,
+        precision="bf16-mixed",
+        max_steps=40,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[RecordLoss()],
+    )
     model = EncDecCTCModel(cfg=compose("ibnet_c192", overrides).model, trainer=trainer)
     trainer.fit(model)
     assert trainer.global_step == 40 and len(losses) == 40
@@ -144,8 +160,14 @@ def test_bf16_mixed_training_through_nemo_lowers_the_loss(tiny_data):
 
 @pytest.mark.parametrize("autocast_dtype", [None, "bfloat16"])
 def test_benchmark_runs_on_cuda(autocast_dtype):
-    settings = BenchmarkSettings(inference_shapes=((1, 2.0),), train_shape=(2, 1.0), inference_rounds=1,
-                                 train_rounds=1, device="cuda", autocast_dtype=autocast_dtype)
+    settings = BenchmarkSettings(
+        inference_shapes=((1, 2.0),),
+        train_shape=(2, 1.0),
+        inference_rounds=1,
+        train_rounds=1,
+        device="cuda",
+        autocast_dtype=autocast_dtype,
+    )
     specs = (ModelSpec("QuartzNet 5x5", "quartznet_5x5"), IBNET_C192)
     results = run_benchmark(CONFIG_DIR, specs, settings)
     assert all(r.rtfx["1x2s"] > 0 and r.train_step_s > 0 and r.train_peak_mib > 0 for r in results)

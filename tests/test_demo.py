@@ -1,5 +1,6 @@
 """`make demo` in miniature: the corpus builders, the signal augmentation, the report, and the whole pipeline
-(three voices, a few utterances, a few training steps of both models, both decodings, plot, one transcription).
+(three voices, a few utterances, a few training steps of both models side by side as ``--compare`` runs them, both
+decodings, plot, one transcription).
 
 Needs the demo's Debian TTS packages (`python -m ibnet_nemo.demo --install-only` installs them). The real test
 speech is a generated stand-in for the Asterisk prompt tree, so the test reads no Debian audio.
@@ -18,13 +19,14 @@ import soundfile as sf
 
 from ibnet_nemo.data.manifest import read_manifest
 from ibnet_nemo.demo.augment import SAMPLE_RATE, add_noise, telephone_band
-from ibnet_nemo.demo.corpus import SPLITS, TEST_SPLITS, CorpusSpec, build_corpus
+from ibnet_nemo.demo.corpus import SPLITS, TEST_SPLITS, CorpusSpec, build_corpus, corpus_summary
 from ibnet_nemo.demo.install import missing_apt_packages
+from ibnet_nemo.demo.neural_voices import kokoro_blend
 from ibnet_nemo.demo.pipeline import run_demo
-from ibnet_nemo.demo.real_speech import build_real_test_set, read_prompt_transcripts
+from ibnet_nemo.demo.real_speech import ASTERISK_SPEAKER, build_real_test_set, read_prompt_transcripts
 from ibnet_nemo.demo.report import Result, format_table
 from ibnet_nemo.demo.settings import DECODINGS, DEMO_MODELS, DemoModel, DemoSettings
-from ibnet_nemo.demo.synthesis import HELDOUT_VOICES, TRAIN_VOICES, Voice, missing_engines
+from ibnet_nemo.demo.synthesis import ENGINES, HELDOUT_VOICES, KOKORO_HELDOUT, TRAIN_VOICES, Voice, missing_engines
 from ibnet_nemo.demo.vocabulary import VOCABULARY, random_transcript, spoken_form, task_sentences
 
 # A stand-in for core-sounds-en.txt.gz: in-vocabulary prompts, a dotted one, out-of-vocabulary ones, a comment.
@@ -63,7 +65,7 @@ def band_energy(audio: np.ndarray, low_hz: float, high_hz: float) -> float:
 def test_vocabulary_and_spoken_form():
     assert len(VOCABULARY) == len(set(VOCABULARY)) == 11 + 20 + 26 + 26
     assert all(set(word) <= set("abcdefghijklmnopqrstuvwxyz") for word in VOCABULARY)
-    assert spoken_form("b seven xray a") == "B seven x-ray A"
+    assert spoken_form("b seven xray a") == "B seven x-ray eigh"
     with pytest.raises(ValueError, match="million"):
         spoken_form("seven million")
     rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
@@ -75,9 +77,15 @@ def test_vocabulary_and_spoken_form():
     assert task_sentences(["one two"])[:2] == ["one two", "zero"] and len(task_sentences([])) == len(VOCABULARY)
 
 
-def test_voice_catalog():
-    assert not set(TRAIN_VOICES) & set(HELDOUT_VOICES)
-    assert {voice.engine for voice in HELDOUT_VOICES} == {"flite", "festival", "espeak-ng"}
+def test_voice_catalog_holds_speakers_out_entirely():
+    train_speakers = {voice.speaker for voice in TRAIN_VOICES}
+    assert len(train_speakers) >= 1000 and not train_speakers & {voice.speaker for voice in HELDOUT_VOICES}
+    assert {voice.engine for voice in HELDOUT_VOICES} == {"flite", "festival", "espeak-ng", "kokoro"}
+    # The held-out Kokoro voices: one US and one UK voice of each sex, in no training blend.
+    assert sorted(name[:2] for name in KOKORO_HELDOUT) == ["af", "am", "bf", "bm"]
+    blended = {base for voice in TRAIN_VOICES if voice.engine == "kokoro" for base, _ in kokoro_blend(voice.name)}
+    assert len(blended) == 24 and not blended & set(KOKORO_HELDOUT)
+    assert {voice.engine for voice in TRAIN_VOICES} == set(ENGINES)
     with pytest.raises(ValueError, match="'sapi'"):
         Voice("sapi", "david")
     with pytest.raises(ValueError, match="both trained on and held out"):
@@ -108,6 +116,7 @@ def test_real_test_set_keeps_in_vocabulary_prompts(tmp_path):
     for record in records:
         info = sf.info(record["audio_filepath"])
         assert info.samplerate == SAMPLE_RATE and abs(info.duration - 0.5) < 0.01
+        assert record["speaker"] == ASTERISK_SPEAKER
     with pytest.raises(FileNotFoundError, match="asterisk-core-sounds-en-wav"):
         build_real_test_set(tmp_path / "missing", transcripts, tmp_path / "out")
 
@@ -128,8 +137,15 @@ def test_result_records_and_table():
     table = format_table(results).splitlines()
     assert [cell.strip() for cell in table[0].split(" | ")][:4] == ["model", "params", "train min (CPU)", "steps"]
     assert [cell.strip() for cell in table[2].split(" | ")] == [
-        "ibnet", "674k", "7.5 (6.0)", "1000", "5.0% (10)", "4.0% (10)", "12.5% (10)", "-"
-    ]  # fmt: skip
+        "ibnet",
+        "674k",
+        "7.5 (6.0)",
+        "1000",
+        "5.0% (10)",
+        "4.0% (10)",
+        "12.5% (10)",
+        "-",
+    ]
 
 
 def test_settings_refuse_what_would_fail_after_training(tmp_path):
@@ -165,9 +181,16 @@ def demo_run(tmp_path_factory):
         real_sounds_dir=str(sounds),
         real_transcripts=str(transcripts),
     )
-    overrides = ("trainer.max_steps=4", "trainer.val_check_interval=2", "model.train_ds.batch_size=6",
-                 "model.optim.sched.warmup_steps=2", "trainer.log_every_n_steps=1")  # fmt: skip
-    settings = DemoSettings(output_dir=root / "out", corpus=corpus, train_overrides=overrides, beam_size=4)
+    overrides = (
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
+        "model.train_ds.batch_size=6",
+        "model.optim.sched.warmup_steps=2",
+        "trainer.log_every_n_steps=1",
+    )
+    settings = DemoSettings(
+        output_dir=root / "out", corpus=corpus, models=DEMO_MODELS, train_overrides=overrides, beam_size=4
+    )
     start = time.time()
     results = run_demo(settings)
     return root / "out", corpus, results, time.time() - start
@@ -182,6 +205,12 @@ def test_demo_corpus_is_built_split_by_voice_and_cached(demo_run, capsys):
     assert {r["voice"] for r in records["train"] + records["val"]} <= train_voices
     assert {r["voice"] for r in records["test_synthetic_heldout"]} == {"flite_slt"}
     assert {r["voice"].split("_")[0] for r in records["train"]} == {"flite", "festival", "espeak-ng"}
+    # Every line names its speaker: no test speaker is trained on, the real recordings' speaker only in their set.
+    speakers = {split: {r["speaker"] for r in records[split]} for split in SPLITS}
+    assert speakers["train"] == {"kal", "espeak-ng_en-us+m1"} and speakers["val"] <= speakers["train"]  # kal twice
+    assert not speakers["train"] & (speakers["test_synthetic_heldout"] | speakers["test_real_human"])
+    assert speakers["test_real_human"] == {ASTERISK_SPEAKER}
+    assert ASTERISK_SPEAKER not in speakers["train"] | speakers["val"] | speakers["test_synthetic_heldout"]
     for record in records["train"][:5] + records["test_synthetic_heldout"][:2]:
         info = sf.info(record["audio_filepath"])
         assert info.samplerate == SAMPLE_RATE and abs(info.duration - record["duration"]) < 2e-3
@@ -196,7 +225,14 @@ def test_demo_corpus_is_built_split_by_voice_and_cached(demo_run, capsys):
 
 def test_demo_results_plot_models_and_transcription(demo_run):
     out, corpus, results, seconds = demo_run
-    records = json.loads((out / "results.json").read_text())
+    document = json.loads((out / "results.json").read_text())
+    manifests = {split: out / "corpus" / f"{split}.json" for split in SPLITS}
+    assert {key: document[key] for key in ("train_speakers", "hours")} == corpus_summary(manifests)
+    assert document["train_speakers"] == 2 and set(document["hours"]["train"]) == {"flite", "festival", "espeak-ng"}
+    train_hours = sum(r["duration"] for r in read_manifest(manifests["train"])) / 3600
+    assert abs(sum(document["hours"]["train"].values()) - train_hours) < 0.01
+    assert set(document["hours"]["test_real_human"]) == {"asterisk"}
+    records = document["results"]
     assert len(records) == 8 and records == [result.__dict__ for result in results]
     assert {(r["model"], r["test_set"], r["decoding"]) for r in records} == {
         (m, t, d) for m in ("ibnet", "quartznet") for t in ("synthetic_heldout", "real_human") for d in ("greedy", "lm")

@@ -2,32 +2,22 @@
 
 Blocks and the encoder, eval and train mode, forward and gradients, after weight changes (folded-weight cache),
 with activation checkpointing, under CPU bf16 autocast, after `.nemo` save/restore, through ONNX/TorchScript
-export, and as greedy transcripts. Also the speed benchmark's table and files on a tiny run.
+export, and as greedy transcripts.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIG_DIR, randomize_batchnorm
+from conftest import CONFIG_DIR, TINY_IBNET, randomize_batchnorm, small_encoder
 
-from ibnet_nemo.benchmark import (
-    BenchmarkSettings,
-    ModelSpec,
-    build_model,
-    describe_device,
-    run_benchmark,
-    write_report,
-)
+from ibnet_nemo.benchmark import ModelSpec, build_model
 from ibnet_nemo.modules import IBNetEncoder
 from ibnet_nemo.parts.blocks import ConvBNAct, IBBlock, InvertedBottleneck, make_mask
 from ibnet_nemo.parts.conv_bn import ConvBN
-
-TINY_IBNET = ("model.encoder.C=16", "model.encoder.repeat=1")
 
 
 def _fast_and_reference(module: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -99,11 +89,6 @@ def test_block_fast_path_equals_reference_in_train_mode(name):
     _assert_same_training_step(fast.train(), reference.train(), x, mask)
 
 
-def _encoder(seed: int = 0, **kwargs) -> IBNetEncoder:
-    torch.manual_seed(seed)
-    return IBNetEncoder(feat_in=16, C=8, repeat=2, kernels=(5, 5, 7, 7, 9, 9, 11), **kwargs)
-
-
 def _features(lengths=(64, 51, 30)):
     lengths = torch.tensor(lengths)
     x = torch.randn(len(lengths), 16, int(lengths.max()), generator=torch.Generator().manual_seed(2))
@@ -116,7 +101,7 @@ def _encode(encoder, x, lengths):
 
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_encoder_fast_path_equals_reference(mode):
-    fast, reference = _fast_and_reference(_encoder())
+    fast, reference = _fast_and_reference(small_encoder())
     fast.train(mode == "train"), reference.train(mode == "train")
     x, lengths = _features()
     outputs, grads = [], []
@@ -140,13 +125,13 @@ def _assert_fast_matches_reference(fast: IBNetEncoder, x, lengths):
 
 
 def test_folded_weights_follow_every_change_of_the_weights():
-    encoder, _ = _fast_and_reference(_encoder())
+    encoder, _ = _fast_and_reference(small_encoder())
     encoder.eval()
     x, lengths = _features()
     _assert_fast_matches_reference(encoder, x, lengths)  # fills the cache
 
     # load_state_dict: weights of another model
-    other = _encoder(seed=1)
+    other = small_encoder(seed=1)
     randomize_batchnorm(other, seed=1)
     encoder.load_state_dict(other.state_dict())
     _assert_fast_matches_reference(encoder, x, lengths)
@@ -170,7 +155,7 @@ def test_folded_weights_follow_every_change_of_the_weights():
 
 
 def test_checkpoint_blocks_gives_the_same_gradients_and_running_statistics():
-    plain = _encoder(dropout=0.2).train()
+    plain = small_encoder(dropout=0.2).train()
     randomize_batchnorm(plain)
     checkpointed = copy.deepcopy(plain)
     checkpointed.checkpoint_blocks = True
@@ -189,7 +174,7 @@ def test_checkpoint_blocks_gives_the_same_gradients_and_running_statistics():
 
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_bf16_autocast_stays_close_to_fp32_reference(mode):
-    fast, reference = _fast_and_reference(_encoder())
+    fast, reference = _fast_and_reference(small_encoder())
     fast.train(mode == "train"), reference.train(mode == "train")
     x, lengths = _features()
     expected, _ = _encode(reference, x, lengths)
@@ -204,7 +189,7 @@ def test_bf16_autocast_stays_close_to_fp32_reference(mode):
 
 def test_exported_fast_encoder_matches_reference_on_a_padded_batch(tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")
-    encoder, _ = _fast_and_reference(_encoder())
+    encoder, _ = _fast_and_reference(small_encoder())
     encoder.eval()
     reference = copy.deepcopy(encoder)
     reference.fast = False
@@ -252,39 +237,3 @@ def test_restored_model_fast_and_reference_agree_with_identical_greedy_transcrip
     fast_texts = [h.text for h in restored.transcribe(files, batch_size=4, verbose=False)]
     assert fast_texts == reference_texts
     assert any(reference_texts)  # random weights still emit characters: the comparison is not vacuous
-
-
-def test_benchmark_writes_a_consistent_table_json_and_plot(tmp_path):
-    specs = (
-        ModelSpec("QuartzNet 5x5", "quartznet_5x5"),
-        ModelSpec("tiny IBNet", "ibnet_c192", TINY_IBNET),
-        ModelSpec("tiny IBNet, checkpoint_blocks", "ibnet_c192",
-                  (*TINY_IBNET, "++model.encoder.checkpoint_blocks=true"), inference=False),
-    )
-    settings = BenchmarkSettings(inference_shapes=((1, 1.0), (2, 0.5)), train_shape=(2, 0.5),
-                                 inference_rounds=1, train_rounds=1, threads=1)
-    results = run_benchmark(CONFIG_DIR, specs, settings)
-    paths = write_report(results, settings, tmp_path / "out")
-
-    quartznet, ibnet, checkpointed = results
-    assert ibnet.params == checkpointed.params < quartznet.params
-    assert set(ibnet.rtfx) == {"1x1s", "2x0.5s"} and not checkpointed.rtfx
-    assert all(r > 0 for r in (*quartznet.rtfx.values(), *ibnet.rtfx.values()))
-    assert all(r.train_step_s > 0 and r.train_peak_mib > 0 for r in results)
-    table = paths["md"].read_text().splitlines()
-    assert len(table) == 2 + len(specs)
-    assert table[2].startswith("| QuartzNet 5x5 |") and table[2].count("(1.00)") == 4
-    assert f"({ibnet.rtfx['1x1s'] / quartznet.rtfx['1x1s']:.2f})" in table[3]
-    saved = json.loads(paths["json"].read_text())
-    assert [r["label"] for r in saved["results"]] == [s.label for s in specs]
-    assert saved["results"][1]["train_step_s"] == ibnet.train_step_s
-    assert paths["png"].read_bytes().startswith(b"\x89PNG")
-
-
-def test_benchmark_settings_name_a_bad_device_or_dtype():
-    with pytest.raises(ValueError, match="device must be one of"):
-        BenchmarkSettings(device="tpu")
-    with pytest.raises(ValueError, match="autocast_dtype must be None or one of"):
-        BenchmarkSettings(autocast_dtype="int8")
-    assert describe_device(BenchmarkSettings(threads=3)) == "3 CPU threads, fp32"
-    assert describe_device(BenchmarkSettings(autocast_dtype="bfloat16")) == "2 CPU threads, bfloat16 autocast"

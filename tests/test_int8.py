@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIG_DIR, REPO, compose, randomize_batchnorm
+from conftest import CONFIG_DIR, NO_DATA, REPO, compose, randomize_batchnorm
 from nemo.collections.asr.models import EncDecCTCModel
 
 from ibnet_nemo import quantize as quantize_module
@@ -24,8 +24,8 @@ from ibnet_nemo.lm.arpa import build_arpa
 from ibnet_nemo.quantize import quantize_int8
 from ibnet_nemo.transcribe import transcribe
 
-NO_DATA = ["model.train_ds.manifest_filepath=null", "model.validation_ds.manifest_filepath=null"]
-TINY_IBNET = ["model.encoder.C=16", "model.encoder.repeat=2", "++model.encoder.strides=[2,1,2,1,1,1,1]"]
+#: A tiny IBNet with two modules per block and a second time stride (in B2), so that strided int8 paths run.
+STRIDED_IBNET = ("model.encoder.C=16", "model.encoder.repeat=2", "++model.encoder.strides=[2,1,2,1,1,1,1]")
 
 
 @pytest.fixture(scope="module")
@@ -91,10 +91,10 @@ def test_quantized_model_keeps_its_fp32_parameters_and_refuses_training(trained_
         quantize_int8(model)
 
 
-@pytest.mark.parametrize("config_name, overrides", [("ibnet_c192", TINY_IBNET), ("quartznet_5x5", [])])
+@pytest.mark.parametrize("config_name, overrides", [("ibnet_c192", STRIDED_IBNET), ("quartznet_5x5", ())])
 def test_padding_never_changes_a_valid_frame_and_an_utterance_alone_matches_its_batch(config_name, overrides):
     torch.manual_seed(0)
-    model = EncDecCTCModel(cfg=compose(config_name, overrides + NO_DATA).model).eval()
+    model = EncDecCTCModel(cfg=compose(config_name, [*overrides, *NO_DATA]).model).eval()
     randomize_batchnorm(model)
     quantize_int8(model)
     lengths = torch.tensor([120, 77, 31])
@@ -120,7 +120,7 @@ def test_padding_never_changes_a_valid_frame_and_an_utterance_alone_matches_its_
 
 def test_quartznet_int8_follows_fp32():
     torch.manual_seed(0)
-    cfg = compose("quartznet_5x5", NO_DATA).model
+    cfg = compose("quartznet_5x5", list(NO_DATA)).model
     fp32 = EncDecCTCModel(cfg=cfg).eval()
     randomize_batchnorm(fp32)
     int8 = EncDecCTCModel(cfg=cfg).eval()
@@ -207,7 +207,7 @@ def test_a_model_on_a_gpu_is_refused(trained_nemo, monkeypatch):
 
 def test_unsupported_models_are_refused():
     torch.manual_seed(0)
-    silu = EncDecCTCModel(cfg=compose("ibnet_c192", TINY_IBNET + NO_DATA + ["model.encoder.activation=silu"]).model)
+    silu = EncDecCTCModel(cfg=compose("ibnet_c192", [*STRIDED_IBNET, *NO_DATA, "model.encoder.activation=silu"]).model)
     with pytest.raises(ValueError, match="ReLU networks only, got activation SiLU"):
         quantize_int8(silu.eval())
     with pytest.raises(ValueError, match="takes an EncDecCTCModel"):
@@ -215,7 +215,7 @@ def test_unsupported_models_are_refused():
 
 
 def test_the_benchmark_times_an_int8_row_next_to_each_fp32_row():
-    specs = (ModelSpec("tiny IBNet", "ibnet_c192", tuple(TINY_IBNET)),)
+    specs = (ModelSpec("tiny IBNet", "ibnet_c192", STRIDED_IBNET),)
     settings = BenchmarkSettings(inference_shapes=((1, 1.0),), train_shape=(1, 0.5), inference_rounds=1,
                                  train_rounds=1, threads=1, quantize="int8")  # fmt: skip
     fp32, int8 = run_benchmark(CONFIG_DIR, specs, settings)

@@ -51,8 +51,10 @@ def test_extracted_folders_are_used_in_place(tmp_path):
     source = _fake_librispeech(tmp_path / "source")
     manifests = prepare_librispeech(tmp_path / "data", ["dev-clean", "test-other"], source=source)
 
-    assert manifests == {"dev-clean": tmp_path / "data" / "dev_clean.json",
-                         "test-other": tmp_path / "data" / "test_other.json"}
+    assert manifests == {
+        "dev-clean": tmp_path / "data" / "dev_clean.json",
+        "test-other": tmp_path / "data" / "test_other.json",
+    }
     for subset, manifest in manifests.items():
         assert list(read_manifest(manifest)) == _expected(source / "LibriSpeech" / subset)
     assert list(read_manifest(manifests["dev-clean"]))[0]["text"] == "go do you hear"
@@ -68,9 +70,16 @@ def test_tarballs_are_extracted_and_the_script_prints_the_manifests(tmp_path):
             archive.add(tree / "LibriSpeech" / subset, arcname=f"LibriSpeech/{subset}")
     data_root = tmp_path / "data"
     result = subprocess.run(
-        [sys.executable, str(REPO / "examples" / "get_librispeech_data.py"), f"--data_root={data_root}",
-         "--data_sets=dev_clean,test_other", f"--source={source}"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            str(REPO / "examples" / "get_librispeech_data.py"),
+            f"--data_root={data_root}",
+            "--data_sets=dev_clean,test_other",
+            f"--source={source}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert f"dev-clean: 2 utterances -> {data_root / 'dev_clean.json'}" in result.stdout

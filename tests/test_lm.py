@@ -48,7 +48,8 @@ def test_interpolated_kneser_ney_values_worked_by_hand(tmp_path):
     assert model.score("a", bos=False, eos=False) == pytest.approx(math.log10(0.176), abs=1e-5)
     assert model.score("zzz", bos=False, eos=False) == pytest.approx(math.log10(0.096), abs=1e-5)
     assert model.score("a b", bos=False, eos=False) == pytest.approx(
-        math.log10(0.176) + math.log10(1 / 6 + 2 / 3 * 0.176), abs=1e-5)
+        math.log10(0.176) + math.log10(1 / 6 + 2 / 3 * 0.176), abs=1e-5
+    )
     text = (tmp_path / "lm.arpa").read_text()
     assert "ngram 1=6\nngram 2=5\n" in text  # a b c </s> <s> <unk>; the five bigrams above
     assert read_arpa_unigrams(tmp_path / "lm.arpa") == {"a", "b", "c", "</s>", "<s>", "<unk>"}
@@ -90,8 +91,10 @@ def test_command_line_builds_and_converts(tmp_path, capsys):
     (tmp_path / "corpus.txt").write_text("\n".join(s.upper() for s in CORPUS) + "\n")
     assert main(["build", str(tmp_path / "corpus.txt"), str(tmp_path / "upper.arpa"), "--order", "3"]) == 0
     assert main(["lowercase", str(tmp_path / "upper.arpa"), str(tmp_path / "lower.arpa")]) == 0
-    assert capsys.readouterr().out.splitlines() == [f"wrote 3-gram ARPA {tmp_path / 'upper.arpa'}",
-                                                    f"wrote lower-case ARPA {tmp_path / 'lower.arpa'}"]
+    assert capsys.readouterr().out.splitlines() == [
+        f"wrote 3-gram ARPA {tmp_path / 'upper.arpa'}",
+        f"wrote lower-case ARPA {tmp_path / 'lower.arpa'}",
+    ]
     assert kenlm.Model(str(tmp_path / "lower.arpa")).order == 3
     assert main(["build", str(tmp_path / "missing.txt"), str(tmp_path / "x.arpa")]) == 1
     assert "error: [Errno 2] No such file or directory" in capsys.readouterr().err

@@ -35,14 +35,21 @@ def _wav(path, seconds: float):
 
 def _check(tmp_path, records, **kwargs):
     manifest = write_manifest(tmp_path / "train.json", records)
-    options = dict(labels=LABELS, sample_rate=SAMPLE_RATE, hop_length=HOP, subsampling_factor=2,
-                   cleaned_dir=tmp_path / "cleaned", max_dropped_fraction=1.0)
+    options = dict(
+        labels=LABELS,
+        sample_rate=SAMPLE_RATE,
+        hop_length=HOP,
+        subsampling_factor=2,
+        cleaned_dir=tmp_path / "cleaned",
+        max_dropped_fraction=1.0,
+    )
     return check_manifest(manifest, **{**options, **kwargs})
 
 
 def _good(tmp_path, count):
-    return [{"audio_filepath": _wav(tmp_path / f"good{i}.wav", 1.0), "duration": 1.0, "text": "yes"}
-            for i in range(count)]
+    return [
+        {"audio_filepath": _wav(tmp_path / f"good{i}.wav", 1.0), "duration": 1.0, "text": "yes"} for i in range(count)
+    ]
 
 
 def test_frame_arithmetic():
@@ -71,8 +78,11 @@ def test_each_problem_is_dropped_counted_and_reported(tmp_path, problem):
         MALFORMED: {"audio_filepath": _wav(tmp_path / "notext.wav", 1.0), "duration": 1.0},
         OUT_OF_VOCABULARY: {"audio_filepath": _wav(tmp_path / "oov.wav", 1.0), "duration": 1.0, "text": "café 42"},
         # 0.2 s -> ceil((3200 // 160 + 1) / 2) = 11 frames for a 26-character transcript.
-        TOO_SHORT: {"audio_filepath": _wav(tmp_path / "long_text.wav", 0.2), "duration": 0.2,
-                    "text": "abcdefghijklmnopqrstuvwxyz"},
+        TOO_SHORT: {
+            "audio_filepath": _wav(tmp_path / "long_text.wav", 0.2),
+            "duration": 0.2,
+            "text": "abcdefghijklmnopqrstuvwxyz",
+        },
     }[problem]
     (tmp_path / "noise.wav").write_bytes(b"RIFF not really a wave file")
     report = _check(tmp_path, [*_good(tmp_path, 3), bad])
@@ -121,8 +131,9 @@ def test_normalization_and_duration_correction_are_written_and_counted(tmp_path)
 def test_too_many_bad_records_is_fatal_and_writes_nothing(tmp_path):
     records = [*_good(tmp_path, 3), {"audio_filepath": str(tmp_path / "gone.wav"), "duration": 1, "text": "no"}]
     report = _check(tmp_path, records, max_dropped_fraction=0.2)
-    assert report.fatal == ["1 of 4 records would be dropped, more than max_dropped_fraction=0.2: "
-                            "check the audio paths and the vocabulary"]
+    assert report.fatal == [
+        "1 of 4 records would be dropped, more than max_dropped_fraction=0.2: check the audio paths and the vocabulary"
+    ]
     assert report.cleaned_manifest is None and not (tmp_path / "cleaned").exists()
     assert "FATAL" in report.format()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, compose
+from conftest import NO_DATA, REPO, TINY_IBNET, compose
 from nemo.collections.asr.models import ASRModel, EncDecCTCModel
 from nemo.core.classes import common as nemo_common
 from nemo.core.classes.common import UnsafeTargetError, safe_instantiate
@@ -23,13 +23,17 @@ from ibnet_nemo.grid_search import compute_or_load_log_probs
 
 # Outside classes and callables a hostile config could name: system access, a Python builtin, and plugin code
 # that is importable but was never granted.
-FOREIGN_TARGETS = ("os.system", "subprocess.Popen", "builtins.eval", "ibnet_nemo.parts.conv_bn.ConvBN",
-                   "ibnet_nemo.inference.load_model")
+FOREIGN_TARGETS = (
+    "os.system",
+    "subprocess.Popen",
+    "builtins.eval",
+    "ibnet_nemo.parts.conv_bn.ConvBN",
+    "ibnet_nemo.inference.load_model",
+)
 
 
 def _tiny_config():
-    cfg = compose("ibnet_c192", ["model.encoder.C=16", "model.encoder.repeat=1",
-                                 "model.train_ds.manifest_filepath=null", "model.validation_ds.manifest_filepath=null"])
+    cfg = compose("ibnet_c192", [*TINY_IBNET, *NO_DATA])
     return cfg.model
 
 
@@ -80,8 +84,14 @@ def test_package_and_examples_never_unpickle_on_the_users_behalf():
     assert len(sources) > 10
     for path in sources:
         text = path.read_text()
-        for pattern in (r"weights_only\s*=\s*False", r"allow_pickle\s*=\s*True", r"\bimport pickle\b",
-                        r"\bpickle\.loads?\(", r"\bdill\b", r"\bcloudpickle\b"):
+        for pattern in (
+            r"weights_only\s*=\s*False",
+            r"allow_pickle\s*=\s*True",
+            r"\bimport pickle\b",
+            r"\bpickle\.loads?\(",
+            r"\bdill\b",
+            r"\bcloudpickle\b",
+        ):
             assert not re.search(pattern, text), f"{path.relative_to(REPO)} matches {pattern}"
         for call in re.finditer(r"torch\.load\(([^)]*)\)", text):
             assert "weights_only=True" in call.group(1), f"{path.relative_to(REPO)}: {call.group(0)}"

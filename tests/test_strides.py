@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import randomize_batchnorm
+from conftest import small_encoder
 
 from ibnet_nemo.modules import IBNetEncoder
 
@@ -12,13 +12,6 @@ LAYOUTS = {
     "4x": (2, 1, 2, 1, 1, 1, 1),
     "8x": (2, 1, 2, 1, 2, 1, 1),
 }
-
-
-def _encoder(strides, **kwargs) -> IBNetEncoder:
-    torch.manual_seed(0)
-    encoder = IBNetEncoder(feat_in=16, C=8, repeat=2, kernels=(5, 5, 7, 7, 9, 9, 11), strides=strides, **kwargs)
-    randomize_batchnorm(encoder)
-    return encoder.eval()
 
 
 @pytest.mark.parametrize("T", [1, 2, 3, 63, 64, 97, 100])
@@ -31,7 +24,7 @@ def test_lengths_follow_each_stride_rounding_up(T):
     }
     lengths = torch.tensor([T, max(T - 1, 1), (T + 2) // 3])
     for name, strides in LAYOUTS.items():
-        encoder = _encoder(strides)
+        encoder = small_encoder(strides=strides)
         with torch.inference_mode():
             y, y_lengths = encoder(audio_signal=torch.randn(3, 16, T), length=lengths)
         assert y.shape == (3, 32, expected[name]), name
@@ -42,7 +35,7 @@ def test_lengths_follow_each_stride_rounding_up(T):
 @pytest.mark.parametrize("fast", [True, False])
 @pytest.mark.parametrize("name", ["4x", "8x"])
 def test_padded_batch_equals_each_utterance_alone(name, fast):
-    encoder = _encoder(LAYOUTS[name], fast=fast)
+    encoder = small_encoder(strides=LAYOUTS[name], fast=fast)
     lengths = torch.tensor([64, 61, 41, 17, 8, 1])
     batch = 1e3 * torch.randn(len(lengths), 16, 64)  # whatever the padding holds
     with torch.inference_mode():
@@ -55,23 +48,27 @@ def test_padded_batch_equals_each_utterance_alone(name, fast):
 
 
 def test_fast_path_equals_reference_at_8x():
-    fast = _encoder(LAYOUTS["8x"])
-    reference = _encoder(LAYOUTS["8x"], fast=False)
+    fast = small_encoder(strides=LAYOUTS["8x"])
+    reference = small_encoder(strides=LAYOUTS["8x"], fast=False)
     x, lengths = torch.randn(3, 16, 70), torch.tensor([70, 53, 9])
     with torch.inference_mode():
-        torch.testing.assert_close(fast(audio_signal=x, length=lengths), reference(audio_signal=x, length=lengths),
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            fast(audio_signal=x, length=lengths), reference(audio_signal=x, length=lengths), rtol=1e-5, atol=1e-5
+        )
 
 
-@pytest.mark.parametrize(("strides", "factor"), [
-    ((2, 1, 1, 1, 1, 1, 1), 2),
-    ((2, 1, 2, 1, 1, 1, 1), 4),
-    ((2, 1, 2, 1, 2, 1, 1), 8),
-    ((1, 1, 1, 1, 1, 1, 1), 1),
-    ((3, 1, 1, 1, 1, 1, 2), 6),
-])
+@pytest.mark.parametrize(
+    ("strides", "factor"),
+    [
+        ((2, 1, 1, 1, 1, 1, 1), 2),
+        ((2, 1, 2, 1, 1, 1, 1), 4),
+        ((2, 1, 2, 1, 2, 1, 1), 8),
+        ((1, 1, 1, 1, 1, 1, 1), 1),
+        ((3, 1, 1, 1, 1, 1, 2), 6),
+    ],
+)
 def test_subsampling_factor_is_the_product_of_the_strides(strides, factor):
-    encoder = _encoder(strides)
+    encoder = small_encoder(strides=strides)
     assert encoder.subsampling_factor == factor
     with torch.inference_mode():
         y, _ = encoder(audio_signal=torch.randn(1, 16, 5 * factor), length=torch.tensor([5 * factor]))
@@ -79,29 +76,37 @@ def test_subsampling_factor_is_the_product_of_the_strides(strides, factor):
 
 
 def test_strides_in_the_block_list():
-    encoder = IBNetEncoder(feat_in=16, blocks=[
-        {"type": "conv", "filters": 8, "kernel": 5, "stride": 2},
-        {"type": "ib", "filters": 16, "kernel": 5, "repeat": 2, "stride": 3},
-        {"type": "ib", "filters": 16, "kernel": 5, "repeat": 1, "residual": False, "stride": 2},
-    ])
+    encoder = IBNetEncoder(
+        feat_in=16,
+        blocks=[
+            {"type": "conv", "filters": 8, "kernel": 5, "stride": 2},
+            {"type": "ib", "filters": 16, "kernel": 5, "repeat": 2, "stride": 3},
+            {"type": "ib", "filters": 16, "kernel": 5, "repeat": 1, "residual": False, "stride": 2},
+        ],
+    )
     assert encoder.subsampling_factor == 12
     y, lengths = encoder(audio_signal=torch.randn(2, 16, 50), length=torch.tensor([50, 23]))
     assert y.shape == (2, 16, 5) and lengths.tolist() == [5, 2]  # ceil(ceil(ceil(L / 2) / 3) / 2)
 
 
 def test_strides_leave_the_parameter_count_unchanged():
-    counts = {name: sum(p.numel() for p in IBNetEncoder(feat_in=64, strides=strides).parameters())
-              for name, strides in LAYOUTS.items()}
+    counts = {
+        name: sum(p.numel() for p in IBNetEncoder(feat_in=64, strides=strides).parameters())
+        for name, strides in LAYOUTS.items()
+    }
     # the published IBNet C=192: 8,198,429 with the 768 -> 29 decoder
     assert counts["2x"] == counts["4x"] == counts["8x"] == 8_198_429 - (768 * 29 + 29)
 
 
-@pytest.mark.parametrize(("strides", "message"), [
-    ((2, 2), r"strides must list 7 positive integers \(C1, B1..B5, C2\), got \[2, 2\]"),
-    ((2, 0, 1, 1, 1, 1, 1), r"got \[2, 0, 1, 1, 1, 1, 1\]"),
-    ((2, 1, 1.5, 1, 1, 1, 1), r"got \[2, 1, 1.5, 1, 1, 1, 1\]"),
-    ((2, 1, 1, 1, 1, 1, -2), r"got \[2, 1, 1, 1, 1, 1, -2\]"),
-])
+@pytest.mark.parametrize(
+    ("strides", "message"),
+    [
+        ((2, 2), r"strides must list 7 positive integers \(C1, B1..B5, C2\), got \[2, 2\]"),
+        ((2, 0, 1, 1, 1, 1, 1), r"got \[2, 0, 1, 1, 1, 1, 1\]"),
+        ((2, 1, 1.5, 1, 1, 1, 1), r"got \[2, 1, 1.5, 1, 1, 1, 1\]"),
+        ((2, 1, 1, 1, 1, 1, -2), r"got \[2, 1, 1, 1, 1, 1, -2\]"),
+    ],
+)
 def test_bad_strides_raise_value_error_naming_the_value(strides, message):
     with pytest.raises(ValueError, match=message):
         IBNetEncoder(feat_in=16, C=8, strides=strides)

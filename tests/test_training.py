@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import REPO, compose, make_dataset
+from conftest import REPO, TINY_IBNET, compose, make_dataset
 
 from ibnet_nemo.data.manifest import read_manifest, write_manifest
 from ibnet_nemo.data.manifest_check import ManifestCheckError
@@ -34,17 +34,28 @@ from ibnet_nemo.training import (
 )
 
 SCRIPT = REPO / "examples" / "speech_to_text_ctc.py"
-TINY_IBNET = ["model.encoder.C=16", "model.encoder.repeat=1"]
-CPU = ["trainer.accelerator=cpu", "model.train_ds.num_workers=0", "model.validation_ds.num_workers=0",
-       "model.validation_ds.batch_size=8", "augment=none"]
+CPU = [
+    "trainer.accelerator=cpu",
+    "model.train_ds.num_workers=0",
+    "model.validation_ds.num_workers=0",
+    "model.validation_ds.batch_size=8",
+    "augment=none",
+]
 
 
 def _command(config_name: str, data: dict[str, Path], exp_dir: Path, *overrides: str) -> list[str]:
     """The documented command form: the script's own ``--config-path=../configs``."""
-    return [sys.executable, str(SCRIPT), "--config-path=../configs", f"--config-name={config_name}",
-            f"model.train_ds.manifest_filepath={data['train']}",
-            f"model.validation_ds.manifest_filepath={data['val']}", f"exp_manager.exp_dir={exp_dir}", *CPU,
-            *overrides]
+    return [
+        sys.executable,
+        str(SCRIPT),
+        "--config-path=../configs",
+        f"--config-name={config_name}",
+        f"model.train_ds.manifest_filepath={data['train']}",
+        f"model.validation_ds.manifest_filepath={data['val']}",
+        f"exp_manager.exp_dir={exp_dir}",
+        *CPU,
+        *overrides,
+    ]
 
 
 def _run(command: list[str], cwd: Path, timeout: float = 240) -> str:
@@ -67,8 +78,9 @@ def _last_checkpoint(checkpoint_dir: Path) -> Path:
 @pytest.mark.parametrize("config_name", ["quartznet_5x5", "ibnet_c192"])
 def test_script_trains_either_encoder_with_the_same_command(config_name, tiny_data, tmp_path):
     # 16 utterances in batches of 8: 2 steps, one validation, full-size encoders.
-    output = _run(_command(config_name, tiny_data, tmp_path, "model.train_ds.batch_size=8", "trainer.max_epochs=1"),
-                  cwd=tmp_path)
+    output = _run(
+        _command(config_name, tiny_data, tmp_path, "model.train_ds.batch_size=8", "trainer.max_epochs=1"), cwd=tmp_path
+    )
 
     checkpoint_dir = tmp_path / config_name / "checkpoints"
     nemo_file = checkpoint_dir / f"{config_name}.nemo"
@@ -85,8 +97,15 @@ def test_script_trains_either_encoder_with_the_same_command(config_name, tiny_da
 
 def test_resume_after_sigkill_continues_steps_optimizer_and_schedule(tiny_data, tmp_path):
     # 16 utterances in batches of 4: 4 steps an epoch, 3 epochs = 12 steps; a snapshot every 2 epochs.
-    command = _command("ibnet_c192", tiny_data, tmp_path, *TINY_IBNET, "model.train_ds.batch_size=4",
-                       "trainer.max_epochs=3", "ibnet_training.snapshot_every_n_epochs=2")
+    command = _command(
+        "ibnet_c192",
+        tiny_data,
+        tmp_path,
+        *TINY_IBNET,
+        "model.train_ds.batch_size=4",
+        "trainer.max_epochs=3",
+        "ibnet_training.snapshot_every_n_epochs=2",
+    )
     checkpoint_dir = tmp_path / "ibnet_c192" / "checkpoints"
     first = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -129,8 +148,19 @@ def test_resume_after_sigkill_continues_steps_optimizer_and_schedule(tiny_data, 
 
 def test_ddp_two_cpu_processes_split_the_data(tiny_data, tmp_path):
     # 16 utterances over 2 ranks in batches of 4: 2 steps an epoch (one process would take 4).
-    output = _run(_command("ibnet_c192", tiny_data, tmp_path, *TINY_IBNET, "model.train_ds.batch_size=4",
-                           "trainer.max_epochs=1", "trainer.devices=2", "trainer.strategy=ddp"), cwd=tmp_path)
+    output = _run(
+        _command(
+            "ibnet_c192",
+            tiny_data,
+            tmp_path,
+            *TINY_IBNET,
+            "model.train_ds.batch_size=4",
+            "trainer.max_epochs=1",
+            "trainer.devices=2",
+            "trainer.strategy=ddp",
+        ),
+        cwd=tmp_path,
+    )
     assert "MEMBER: 2/2" in output
     checkpoint_dir = tmp_path / "ibnet_c192" / "checkpoints"
     assert _load(_last_checkpoint(checkpoint_dir))["global_step"] == 2
@@ -141,8 +171,9 @@ def test_manifest_problems_stop_the_script_before_training(tiny_data, tmp_path):
     records = list(read_manifest(tiny_data["train"]))
     records[0]["audio_filepath"] = str(tmp_path / "missing.wav")
     bad = write_manifest(tmp_path / "bad.json", records)
-    command = _command("ibnet_c192", {**tiny_data, "train": bad}, tmp_path, *TINY_IBNET,
-                       "ibnet_training.max_dropped_fraction=0.0")
+    command = _command(
+        "ibnet_c192", {**tiny_data, "train": bad}, tmp_path, *TINY_IBNET, "ibnet_training.max_dropped_fraction=0.0"
+    )
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert "Training stopped: the training data is not usable; nothing was trained." in result.stderr
@@ -153,8 +184,14 @@ def test_manifest_problems_stop_the_script_before_training(tiny_data, tmp_path):
 
 def test_evaluation_manifest_named_manifest_json_is_refused_before_training(tiny_data, tmp_path):
     val = shutil.copy(tiny_data["val"], tmp_path / "manifest.json")
-    cfg = compose("ibnet_c192", ["name=named", f"model.train_ds.manifest_filepath={tiny_data['train']}",
-                                 f"model.validation_ds.manifest_filepath={val}"])
+    cfg = compose(
+        "ibnet_c192",
+        [
+            "name=named",
+            f"model.train_ds.manifest_filepath={tiny_data['train']}",
+            f"model.validation_ds.manifest_filepath={val}",
+        ],
+    )
     settings = IBNetTrainingConfig(snapshot_every_n_epochs=None, check_manifests=True, max_dropped_fraction=0.05)
     with pytest.raises(ManifestCheckError, match="NeMo refuses validation_ds manifests named manifest.json"):
         check_training_manifests(cfg, settings, verbose=False)
@@ -200,7 +237,8 @@ def test_prepare_resume_picks_the_newest_complete_last_checkpoint(tmp_path):
     assert not is_complete_checkpoint(damaged)
     assert prepare_resume(tmp_path) == new
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [new.name, damaged.name + INCOMPLETE_SUFFIX, same_epoch_best.name, later_best.name + STALE_SUFFIX])
+        [new.name, damaged.name + INCOMPLETE_SUFFIX, same_epoch_best.name, later_best.name + STALE_SUFFIX]
+    )
     assert prepare_resume(tmp_path / "absent") is None
 
 
@@ -215,17 +253,32 @@ def _nan_dataset(root: Path) -> Path:
 
 def test_nan_guard_names_the_batch_files_and_writes_no_checkpoint(tiny_data, tmp_path):
     train_manifest = _nan_dataset(tmp_path / "data")
-    cfg = compose("ibnet_c192", [*TINY_IBNET, *CPU, "name=nan_guard", "trainer.devices=1",
-                                 f"model.train_ds.manifest_filepath={train_manifest}", "model.train_ds.shuffle=false",
-                                 "model.train_ds.batch_size=4", "trainer.max_epochs=1", f"exp_manager.exp_dir={tmp_path}",
-                                 f"model.validation_ds.manifest_filepath={tiny_data['val']}"])
+    cfg = compose(
+        "ibnet_c192",
+        [
+            *TINY_IBNET,
+            *CPU,
+            "name=nan_guard",
+            "trainer.devices=1",
+            f"model.train_ds.manifest_filepath={train_manifest}",
+            "model.train_ds.shuffle=false",
+            "model.train_ds.batch_size=4",
+            "trainer.max_epochs=1",
+            f"exp_manager.exp_dir={tmp_path}",
+            f"model.validation_ds.manifest_filepath={tiny_data['val']}",
+        ],
+    )
     with pytest.raises(NonFiniteLossError) as caught:
         train(cfg)
     message = str(caught.value)
     batch = [record["audio_filepath"] for record in list(read_manifest(train_manifest))[:4]]
     assert message.startswith("training loss became nan at step 0, epoch 0")
-    assert message.splitlines()[1:] == [f"  {batch[0]}", f"  {batch[1]}  <- audio samples are not finite",
-                                        f"  {batch[2]}", f"  {batch[3]}"]
+    assert message.splitlines()[1:] == [
+        f"  {batch[0]}",
+        f"  {batch[1]}  <- audio samples are not finite",
+        f"  {batch[2]}",
+        f"  {batch[3]}",
+    ]
     assert not list((tmp_path / "nan_guard").rglob("*.ckpt"))
 
 
@@ -238,9 +291,18 @@ def test_nan_guard_refuses_to_checkpoint_non_finite_weights():
 def _model(augment: str, train_manifest: Path, val_manifest: Path):
     from nemo.collections.asr.models import EncDecCTCModel
 
-    cfg = compose("ibnet_c192", [*TINY_IBNET, *CPU, f"augment={augment}", "name=augment",
-                                 f"model.train_ds.manifest_filepath={train_manifest}", "model.train_ds.shuffle=false",
-                                 f"model.validation_ds.manifest_filepath={val_manifest}"])
+    cfg = compose(
+        "ibnet_c192",
+        [
+            *TINY_IBNET,
+            *CPU,
+            f"augment={augment}",
+            "name=augment",
+            f"model.train_ds.manifest_filepath={train_manifest}",
+            "model.train_ds.shuffle=false",
+            f"model.validation_ds.manifest_filepath={val_manifest}",
+        ],
+    )
     return EncDecCTCModel(cfg=cfg.model)
 
 

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import SAMPLE_RATE, compose
+from conftest import SAMPLE_RATE, tiny_ibnet_model
+from nemo.collections.asr.models import EncDecCTCModel
+from nemo.collections.asr.parts.submodules.ctc_decoding import CTCDecodingConfig
 
 from ibnet_nemo import transcribe as transcribe_module
 from ibnet_nemo.audio import AudioError, load_audio
@@ -18,17 +20,12 @@ from ibnet_nemo.data.manifest import read_manifest, write_manifest
 from ibnet_nemo.inference import decode_log_probs, iter_log_probs, set_decoding
 from ibnet_nemo.lm.arpa import build_arpa
 from ibnet_nemo.transcribe import input_records, transcribe
-from nemo.collections.asr.models import EncDecCTCModel
-from nemo.collections.asr.parts.submodules.ctc_decoding import CTCDecodingConfig
 
 
 @pytest.fixture(scope="module")
 def model() -> EncDecCTCModel:
     """An untrained tiny IBNet CTC model (deterministic weights), greedy decoding."""
-    torch.manual_seed(0)
-    cfg = compose("ibnet_c192", ["model.encoder.C=16", "model.encoder.repeat=1",
-                                 "model.train_ds.manifest_filepath=null", "model.validation_ds.manifest_filepath=null"])
-    return EncDecCTCModel(cfg=cfg.model).eval()
+    return tiny_ibnet_model().eval()
 
 
 @pytest.fixture
@@ -62,8 +59,10 @@ def test_int16_and_float_wav_and_flac_give_the_same_transcript(model, speech, tm
     loaded = [load_audio(tmp_path / name, SAMPLE_RATE) for name in ("int16.wav", "float.wav", "lossless.flac")]
     for audio in loaded:
         np.testing.assert_allclose(audio, pcm16, atol=1e-6)
-    texts = {_transcribe_one(model, tmp_path / name, tmp_path)["pred_text"]
-             for name in ("int16.wav", "float.wav", "lossless.flac")}
+    texts = {
+        _transcribe_one(model, tmp_path / name, tmp_path)["pred_text"]
+        for name in ("int16.wav", "float.wav", "lossless.flac")
+    }
     assert len(texts) == 1 and texts != {""}
 
 
@@ -72,8 +71,10 @@ def test_stereo_is_mixed_down_to_the_channel_mean(model, speech, tmp_path):
     sf.write(tmp_path / "stereo.wav", stereo, SAMPLE_RATE, subtype="FLOAT")
     sf.write(tmp_path / "mono.wav", 0.75 * speech, SAMPLE_RATE, subtype="FLOAT")
     np.testing.assert_allclose(load_audio(tmp_path / "stereo.wav", SAMPLE_RATE), 0.75 * speech, atol=1e-6)
-    assert (_transcribe_one(model, tmp_path / "stereo.wav", tmp_path)["pred_text"]
-            == _transcribe_one(model, tmp_path / "mono.wav", tmp_path)["pred_text"])
+    assert (
+        _transcribe_one(model, tmp_path / "stereo.wav", tmp_path)["pred_text"]
+        == _transcribe_one(model, tmp_path / "mono.wav", tmp_path)["pred_text"]
+    )
 
 
 @pytest.mark.parametrize("file_rate", [8000, 22050, 44100])
@@ -98,7 +99,9 @@ def test_silence_is_transcribed_as_empty_text(model, tmp_path):
         final.bias.zero_()
         final.bias[-1] = 10.0
     assert _transcribe_one(blank_model, tmp_path / "silence.wav", tmp_path) == {
-        "audio_filepath": str(tmp_path / "silence.wav"), "pred_text": ""}
+        "audio_filepath": str(tmp_path / "silence.wav"),
+        "pred_text": "",
+    }
 
 
 # ---------------------------------------------------------------- broken inputs: one record each, a clear reason
@@ -165,8 +168,10 @@ def test_every_broken_input_kind_gets_one_error_record_and_its_batch_neighbours_
     assert reasons["-"] == "the record has no audio_filepath"
     assert reasons["audio"] == "not a regular file"
     assert (summary.transcribed, summary.failed) == (len(expected), len(expected) + 2)
-    assert str(summary) == (f"Transcribed {len(expected)} of {len(records)} inputs, {len(expected) + 2} failed "
-                            f"(see their error field). Output: {output.resolve()}")
+    assert str(summary) == (
+        f"Transcribed {len(expected)} of {len(records)} inputs, {len(expected) + 2} failed "
+        f"(see their error field). Output: {output.resolve()}"
+    )
 
 
 def test_a_model_failure_costs_only_the_failing_input(model, speech, tmp_path, monkeypatch):
@@ -222,8 +227,10 @@ def test_output_is_renamed_into_place_when_complete(model, speech, tmp_path):
 
 def test_transcribing_an_earlier_output_replaces_its_results(model, speech, tmp_path):
     sf.write(tmp_path / "fixed.wav", speech, SAMPLE_RATE)
-    earlier = [{"audio_filepath": str(tmp_path / "fixed.wav"), "error": "file not found"},
-               {"audio_filepath": str(tmp_path / "gone.wav"), "pred_text": "old text"}]
+    earlier = [
+        {"audio_filepath": str(tmp_path / "fixed.wav"), "error": "file not found"},
+        {"audio_filepath": str(tmp_path / "gone.wav"), "pred_text": "old text"},
+    ]
     results = _transcribe(model, earlier, tmp_path)
     assert [sorted(r) for r in results] == [["audio_filepath", "pred_text"], ["audio_filepath", "error"]]
     assert results[1]["error"] == "file not found"
@@ -236,10 +243,13 @@ def test_input_records_from_folder_manifest_and_single_file(tmp_path):
     for name in ("b.wav", "a.flac", "c.WAV", "notes.txt"):
         (tmp_path / name).write_bytes(b"x")
     assert [Path(r["audio_filepath"]).name for r in input_records(audio_dir=tmp_path)] == ["a.flac", "b.wav", "c.WAV"]
-    manifest = write_manifest(tmp_path / "m.json", [{"audio_filepath": "b.wav", "text": "x"},
-                                                    {"audio_filepath": "elsewhere.wav"}])
-    assert input_records(dataset_manifest=manifest) == [{"audio_filepath": str(tmp_path / "b.wav"), "text": "x"},
-                                                        {"audio_filepath": "elsewhere.wav"}]
+    manifest = write_manifest(
+        tmp_path / "m.json", [{"audio_filepath": "b.wav", "text": "x"}, {"audio_filepath": "elsewhere.wav"}]
+    )
+    assert input_records(dataset_manifest=manifest) == [
+        {"audio_filepath": str(tmp_path / "b.wav"), "text": "x"},
+        {"audio_filepath": "elsewhere.wav"},
+    ]
     assert input_records(audio_filepath="one.wav") == [{"audio_filepath": "one.wav"}]
     with pytest.raises(ValueError, match=r"exactly one of .* got \['audio_dir', 'audio_filepath'\]"):
         input_records(audio_dir=tmp_path, audio_filepath="one.wav")

@@ -105,8 +105,15 @@ def test_speakers_are_people_across_engines():
 def test_kokoro_voice_names():
     assert kokoro_blend("af_heart") == (("af_heart", 100),)
     assert kokoro_blend("af_bella55+bm_george30+am_adam15") == (("af_bella", 55), ("bm_george", 30), ("am_adam", 15))
-    for bad in ("af_nobody", "af_bella50+bm_george40", "af_bella40+bm_george60", "af_bella100", "af_bella60+x40",
-                "af_bella50+af_bella50", "ff_siwis"):  # fmt: skip
+    for bad in (
+        "af_nobody",
+        "af_bella50+bm_george40",
+        "af_bella40+bm_george60",
+        "af_bella100",
+        "af_bella60+x40",
+        "af_bella50+af_bella50",
+        "ff_siwis",
+    ):
         with pytest.raises(ValueError, match="Kokoro voice"):
             Voice("kokoro", bad)
     with pytest.raises(ValueError, match="speed"):
@@ -177,6 +184,14 @@ def test_kokoro_blends_are_deterministic_distinct_speakers(tmp_path):
     assert len({audio[index].size for index in range(3)}) == 3
 
 
+def test_piper_audio_follows_its_seed(tmp_path):
+    require("piper")
+    paths = [tmp_path / f"{index}.wav" for index in range(3)]
+    for path, seed in zip(paths, (7, 7, 8)):
+        synthesize(Voice("piper", "joe"), [Utterance("seven B", path, seed=seed)])
+    assert paths[0].read_bytes() == paths[1].read_bytes() != paths[2].read_bytes()
+
+
 def test_synthesize_many_in_worker_processes(tmp_path):
     require("espeak-ng")
     voices = [Voice("espeak-ng", "en-us+m1"), Voice("espeak-ng", "en-gb-x-rp+f2")]
@@ -198,8 +213,14 @@ def test_synthesize_many_in_worker_processes(tmp_path):
 def test_corpus_manifests_record_speakers(tmp_path):
     require("espeak-ng")
     train = (Voice("espeak-ng", "en-us+m1"), Voice("espeak-ng", "en+f2"))
-    spec = CorpusSpec(train_utterances=4, val_utterances=2, test_utterances=2, train_voices=train,
-                      heldout_voices=(Voice("espeak-ng", "en-us-nyc+m6"),), max_tokens=2)  # fmt: skip
+    spec = CorpusSpec(
+        train_utterances=4,
+        val_utterances=2,
+        test_utterances=2,
+        train_voices=train,
+        heldout_voices=(Voice("espeak-ng", "en-us-nyc+m6"),),
+        max_tokens=2,
+    )
     if not Path(spec.real_sounds_dir).is_dir():
         pytest.skip("the Asterisk prompts (asterisk-core-sounds-en-wav) are not installed")
     manifests = build_corpus(tmp_path, spec, workers=2)

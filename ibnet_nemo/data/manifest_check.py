@@ -254,8 +254,9 @@ def check_manifest(
     kept, changed = [], False
     for record in tqdm(read_manifest(manifest), desc=f"checking {manifest.name}", unit=" records"):
         report.total += 1
-        checked = _check_record(record, manifest.parent, units, sample_rate, hop_length, subsampling_factor,
-                                drop_unalignable, report)
+        checked = _check_record(
+            record, manifest.parent, units, sample_rate, hop_length, subsampling_factor, drop_unalignable, report
+        )
         if checked is not None:
             kept.append(checked)
             changed |= checked != record

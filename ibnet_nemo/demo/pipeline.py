@@ -1,6 +1,6 @@
-"""The whole demo: corpus -> train IBNet and QuartzNet (``examples/speech_to_text_ctc.py``) -> task LM -> WER of
-both, greedy and with the LM, on held-out synthetic voices and real human speech -> table, JSON, plot -> one
-real clip transcribed with ``examples/transcribe_speech.py``, the command a user types next.
+"""The whole demo: corpus -> train IBNet, and QuartzNet beside it when asked (``examples/speech_to_text_ctc.py``)
+-> task LM -> WER of each model, greedy and with the LM, on held-out synthetic voices and real human speech ->
+table, JSON, plot -> one real clip transcribed with ``examples/transcribe_speech.py``, the command a user types next.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ibnet_nemo.data.manifest import read_manifest, write_manifest
-from ibnet_nemo.demo.corpus import REAL_TEST_SET, TEST_SPLITS, build_corpus
+from ibnet_nemo.demo.corpus import REAL_TEST_SET, TEST_SPLITS, build_corpus, corpus_summary
 from ibnet_nemo.demo.report import (
     Result,
     format_table,
@@ -89,13 +89,16 @@ def _training_command(
     model: DemoModel, manifests: dict[str, Path], log_dir: Path, overrides: Sequence[str]
 ) -> list[str]:
     return [
-        sys.executable, str(_TRAIN_SCRIPT), "--config-path=../configs", f"--config-name={model.config_name}",
+        sys.executable,
+        str(_TRAIN_SCRIPT),
+        "--config-path=../configs",
+        f"--config-name={model.config_name}",
         f"model.train_ds.manifest_filepath={manifests['train']}",
         f"model.validation_ds.manifest_filepath={manifests['val']}",
         f"model.optim.lr={model.lr}",
         f"exp_manager.explicit_log_dir={log_dir}",
         *overrides,
-    ]  # fmt: skip
+    ]
 
 
 def train_models(settings: DemoSettings, manifests: dict[str, Path]) -> list[TrainedModel]:
@@ -117,15 +120,24 @@ def train_models(settings: DemoSettings, manifests: dict[str, Path]) -> list[Tra
     trained = []
     finished: dict[str, float] = {}
     for batch in batches:
-        runs = [_start_training(model, manifests, output_dir, settings.train_overrides, threads, echo=index == 0,
-                                finished=finished) for index, model in enumerate(batch)]  # fmt: skip
+        runs = [
+            _start_training(
+                model, manifests, output_dir, settings.train_overrides, threads, echo=index == 0, finished=finished
+            )
+            for index, model in enumerate(batch)
+        ]
         trained += [_finish_training(run, output_dir, finished) for run in runs]
     return trained
 
 
 def _start_training(
-    model: DemoModel, manifests: dict[str, Path], output_dir: Path, overrides: Sequence[str], threads: int,
-    echo: bool, finished: dict[str, float],
+    model: DemoModel,
+    manifests: dict[str, Path],
+    output_dir: Path,
+    overrides: Sequence[str],
+    threads: int,
+    echo: bool,
+    finished: dict[str, float],
 ) -> _TrainingRun:
     """Start ``model``'s training command; when its output ends, the time goes into ``finished[model.name]``."""
     log_dir = output_dir / model.name
@@ -187,11 +199,23 @@ def evaluate_model(
         references = [record["text"] for record in records]
         scores = decode_and_score(model, log_probs, references, decodings, settings.eval_batch_size)
         for decoding, score in scores.items():
-            write_manifest(settings.output_dir / "transcripts" / f"{name}_{test_set}_{decoding}.json",
-                           transcript_records(records, score.texts, errors))
-            results.append(Result(name, params, round(trained.train_minutes, 2), round(trained.train_cpu_minutes, 2),
-                                  trained.train_steps, test_set, decoding, round(100.0 * score.wer, 2),
-                                  len(records)))  # fmt: skip
+            write_manifest(
+                settings.output_dir / "transcripts" / f"{name}_{test_set}_{decoding}.json",
+                transcript_records(records, score.texts, errors),
+            )
+            results.append(
+                Result(
+                    name,
+                    params,
+                    round(trained.train_minutes, 2),
+                    round(trained.train_cpu_minutes, 2),
+                    trained.train_steps,
+                    test_set,
+                    decoding,
+                    round(100.0 * score.wer, 2),
+                    len(records),
+                )
+            )
             print(f"{name:10s} {test_set:18s} {decoding:6s} WER {100 * score.wer:5.1f}%  ({len(records)} utt)")
     return results
 
@@ -202,8 +226,14 @@ def _transcribe_one_clip(nemo_file: Path, manifests: dict[str, Path], output_dir
     record = next(r for r in read_manifest(manifests[TEST_SPLITS[REAL_TEST_SET]]) if len(r["text"].split()) == 1)
     clip = Path(record["source"])
     output = output_dir / "one_clip.json"
-    command = [sys.executable, str(_TRANSCRIBE_SCRIPT), f"model_path={nemo_file}", f"audio_filepath={clip}",
-               f"output_filename={output}", "cuda=-1"]  # fmt: skip
+    command = [
+        sys.executable,
+        str(_TRANSCRIBE_SCRIPT),
+        f"model_path={nemo_file}",
+        f"audio_filepath={clip}",
+        f"output_filename={output}",
+        "cuda=-1",
+    ]
     print("\nNext, transcribe your own recording, e.g. one of the real test clips:\n$ " + _shown(command))
     run = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if run.returncode != 0:
@@ -229,15 +259,19 @@ def run_demo(settings: DemoSettings = DemoSettings()) -> list[Result]:
     trained = train_models(settings, manifests)
 
     train_text = [record["text"] for record in read_manifest(manifests["train"])]
-    lm_path = build_arpa(task_sentences(train_text), output_dir / "lm" / f"task_{settings.lm_order}gram.arpa",
-                         order=settings.lm_order)  # fmt: skip
+    lm_path = build_arpa(
+        task_sentences(train_text), output_dir / "lm" / f"task_{settings.lm_order}gram.arpa", order=settings.lm_order
+    )
     print(f"\nTask LM ({settings.lm_order}-gram of the training transcripts): {lm_path}")
     results = [result for model in trained for result in evaluate_model(model, manifests, lm_path, settings)]
 
-    results_path = write_results(results, output_dir / "results.json")
+    corpus = corpus_summary(manifests)
+    results_path = write_results(results, corpus, output_dir / "results.json")
     plot_path = plot_validation_curves({m.model.name: m.curve for m in trained}, output_dir / "validation_wer.png")
     print("\n" + format_table(results, lm_order=settings.lm_order))
-    print(f"\nResults: {results_path}\nValidation WER plot: {plot_path}")
+    hours = ", ".join(f"{source} {value:.2f} h" for source, value in corpus["hours"]["train"].items())
+    print(f"\nTraining corpus: {corpus['train_speakers']} speakers; {hours}")
+    print(f"Results: {results_path}\nValidation WER plot: {plot_path}")
     print("Models: " + ", ".join(str(m.nemo_file) for m in trained))
     _transcribe_one_clip(trained[0].nemo_file, manifests, output_dir, lm_path)
     print(f"\nDemo finished in {(time.time() - demo_start) / 60:.1f} min (corpus {corpus_minutes:.1f} min).")

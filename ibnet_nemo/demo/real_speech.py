@@ -18,12 +18,20 @@ from tqdm.auto import tqdm
 from ibnet_nemo.demo.augment import SAMPLE_RATE, resample
 from ibnet_nemo.demo.vocabulary import VOCABULARY
 
-__all__ = ["ASTERISK_SOUNDS", "ASTERISK_TRANSCRIPTS", "build_real_test_set", "read_prompt_transcripts"]
+__all__ = [
+    "ASTERISK_SOUNDS",
+    "ASTERISK_SPEAKER",
+    "ASTERISK_TRANSCRIPTS",
+    "build_real_test_set",
+    "read_prompt_transcripts",
+]
 
 #: Where Debian installs the prompts (``.wav`` from ``asterisk-core-sounds-en-wav``).
 ASTERISK_SOUNDS = "/usr/share/asterisk/sounds/en_US_f_Allison"
 #: The prompts' transcripts, from ``asterisk-core-sounds-en``.
 ASTERISK_TRANSCRIPTS = "/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz"
+#: The ``speaker`` of the real recordings in the manifests: never trained on.
+ASTERISK_SPEAKER = "asterisk_allison"
 _LINE = re.compile(r"^(?P<name>[^\s:;][^:]*):\s*(?P<text>.+)$")
 
 
@@ -50,7 +58,7 @@ def build_real_test_set(
 ) -> list[dict]:
     """Resample every in-vocabulary prompt to a 16 kHz WAV under ``out_dir``; returns the manifest records.
 
-    Each record also names its original recording under ``source``.
+    Each record also names its speaker (:data:`ASTERISK_SPEAKER`) and its original recording under ``source``.
 
     Raises:
         FileNotFoundError: ``sounds_dir`` or ``transcripts`` is missing (install the Debian packages named in the
@@ -76,6 +84,13 @@ def build_real_test_set(
         audio = resample(audio.mean(axis=1), rate, SAMPLE_RATE)
         path = out_dir / f"{name.replace('/', '_')}.wav"
         sf.write(path, audio, SAMPLE_RATE, subtype="PCM_16")
-        records.append({"audio_filepath": str(path), "duration": round(audio.size / SAMPLE_RATE, 3), "text": text,
-                        "source": str(sounds_dir / f"{name}.wav")})  # fmt: skip
+        records.append(
+            {
+                "audio_filepath": str(path),
+                "duration": round(audio.size / SAMPLE_RATE, 3),
+                "text": text,
+                "speaker": ASTERISK_SPEAKER,
+                "source": str(sounds_dir / f"{name}.wav"),
+            }
+        )
     return records

@@ -1,4 +1,5 @@
-"""The demo's outputs: results records (``results.json``), the printed table, the validation-WER plot."""
+"""The demo's outputs: ``results.json`` (the corpus's speakers and hours, the WER records), the printed table, the
+validation-WER plot."""
 
 from __future__ import annotations
 
@@ -62,11 +63,14 @@ class Result:
             raise ValueError(f"utterances must be >= 1, got {self.utterances}")
 
 
-def write_results(results: Sequence[Result], path: str | os.PathLike) -> Path:
-    """Write ``results`` as a JSON list of records to ``path``."""
+def write_results(results: Sequence[Result], corpus: dict, path: str | os.PathLike) -> Path:
+    """Write ``results.json``: what the corpus held (``corpus``, from
+    :func:`~ibnet_nemo.demo.corpus.corpus_summary`: ``train_speakers``, ``hours`` per split and voice source) and
+    ``results``, a list of :class:`Result` records."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps([asdict(result) for result in results], indent=1) + "\n", encoding="utf-8")
+    document = {**corpus, "results": [asdict(result) for result in results]}
+    path.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
     return path
 
 
@@ -82,8 +86,12 @@ def format_table(results: Sequence[Result], lm_order: int = DemoSettings.lm_orde
         mine = [result for result in results if result.model == model]
         wer = {(result.test_set, result.decoding): result for result in mine}
         first = mine[0]
-        cells = [model, f"{first.params / 1e3:.0f}k", f"{first.train_minutes:.1f} ({first.train_cpu_minutes:.1f})",
-                 str(first.train_steps)]  # fmt: skip
+        cells = [
+            model,
+            f"{first.params / 1e3:.0f}k",
+            f"{first.train_minutes:.1f} ({first.train_cpu_minutes:.1f})",
+            str(first.train_steps),
+        ]
         cells += [f"{wer[c].wer:.1f}% ({wer[c].utterances})" if c in wer else "-" for c in columns]
         rows.append(cells)
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]

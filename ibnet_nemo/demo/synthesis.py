@@ -38,8 +38,12 @@ from ibnet_nemo.demo.install import KOKORO_VOICES, source_problems, voice_cache
 from ibnet_nemo.demo.neural_voices import KOKORO_SAMPLE_RATE, kokoro_blend, kokoro_tts, piper_tts
 
 __all__ = [
+    "DEBIAN_TRAIN_VOICES",
     "ENGINES",
     "HELDOUT_VOICES",
+    "KOKORO_HELDOUT",
+    "KOKORO_TRAIN_VOICES",
+    "SINGLE_SPEAKER_TRAIN_VOICES",
     "TRAIN_VOICES",
     "VOICE_CATALOG",
     "Utterance",
@@ -75,8 +79,9 @@ _PERSONS = {
     "joe": (("piper", "joe"),),
 }
 _SPEAKERS = {voice: speaker for speaker, voices in _PERSONS.items() for voice in voices}
-# Utterances per job: festival pays its start-up once per job; the others are cut finer for an even load.
-_CHUNK = {"festival": 48}
+# Utterances per job: festival and Piper pay their start-up (a Piper session is seeded per job) once per job; the
+# others are cut finer for an even load.
+_CHUNK = {"festival": 48, "piper": 48}
 _DEFAULT_CHUNK = 8
 
 
@@ -158,19 +163,6 @@ class Utterance:
 _ESPEAK_TRAIN_DIALECTS = ("en-us", "en", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd", "en-029")
 _ESPEAK_TRAIN_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "f1", "f2", "f3", "klatt", "klatt2", "Alex", "Annie")
 
-#: Voices the demo trains on.
-TRAIN_VOICES = (
-    *(Voice("flite", name) for name in ("kal", "kal16", "awb", "slt")),
-    *(Voice("festival", name) for name in ("kal_diphone", "cmu_us_slt_arctic_hts")),
-    *(Voice("espeak-ng", f"{d}+{v}") for d in _ESPEAK_TRAIN_DIALECTS for v in _ESPEAK_TRAIN_VARIANTS),
-)
-#: Voices never seen in training: the synthetic test set (an unseen flite and festival speaker, and an unseen
-#: espeak-ng dialect with unseen variants).
-HELDOUT_VOICES = (
-    Voice("flite", "rms"),
-    Voice("festival", "ked_diphone"),
-    *(Voice("espeak-ng", f"en-us-nyc+{v}") for v in ("m6", "f4", "klatt3")),
-)
 #: The voices of each optional voice source (Kokoro: its base voices; :func:`random_kokoro_blends` makes more).
 VOICE_CATALOG = {
     "kokoro": tuple(Voice("kokoro", name) for name in KOKORO_VOICES),
@@ -235,6 +227,32 @@ def random_kokoro_blends(
     raise ValueError(f"could not draw {count} distinct blends from {len(base_voices)} base voices")
 
 
+#: Debian main's voices the demo trains on: flite and festival speakers, espeak-ng dialects x variants.
+DEBIAN_TRAIN_VOICES = (
+    *(Voice("flite", name) for name in ("kal", "kal16", "awb", "slt")),
+    *(Voice("festival", name) for name in ("kal_diphone", "cmu_us_slt_arctic_hts")),
+    *(Voice("espeak-ng", f"{d}+{v}") for d in _ESPEAK_TRAIN_DIALECTS for v in _ESPEAK_TRAIN_VARIANTS),
+)
+#: Kokoro base voices never trained on, alone or inside a blend: one US and one UK voice of each sex.
+KOKORO_HELDOUT = ("af_heart", "am_michael", "bf_emma", "bm_george")
+#: Kokoro training speakers: random blends of the English base voices that are not held out.
+KOKORO_TRAIN_VOICES = random_kokoro_blends(1000, tuple(v for v in KOKORO_VOICES if v not in KOKORO_HELDOUT))
+#: The optional sources' voices of one recorded person each: RHVoice, MBROLA, SVOX Pico, Piper joe, festival rab.
+SINGLE_SPEAKER_TRAIN_VOICES = tuple(
+    voice for name, voices in VOICE_CATALOG.items() if name != "kokoro" for voice in voices
+)
+#: Voices the demo trains on.
+TRAIN_VOICES = DEBIAN_TRAIN_VOICES + SINGLE_SPEAKER_TRAIN_VOICES + KOKORO_TRAIN_VOICES
+#: Voices never seen in training: the synthetic test set (an unseen flite and festival speaker, an unseen
+#: espeak-ng dialect with unseen variants, and the held-out Kokoro voices).
+HELDOUT_VOICES = (
+    Voice("flite", "rms"),
+    Voice("festival", "ked_diphone"),
+    *(Voice("espeak-ng", f"en-us-nyc+{v}") for v in ("m6", "f4", "klatt3")),
+    *(Voice("kokoro", name) for name in KOKORO_HELDOUT),
+)
+
+
 def missing_engines() -> list[str]:
     """Executables of the Debian-main engines (flite, festival, espeak-ng) that are not on ``PATH``."""
     return [exe for exe in ("flite", "festival", "espeak-ng") if shutil.which(exe) is None]
@@ -248,8 +266,10 @@ def available_voices(voices: Sequence[Voice]) -> tuple[Voice, ...]:
     for source, missing in problems.items():
         if missing:
             left_out = [voice.key for voice in voices if voice.source == source]
-            print(f"Leaving out {len(left_out)} {source} voice(s) ({', '.join(left_out[:4])}"
-                  f"{', ...' if len(left_out) > 4 else ''}): missing {', '.join(missing)}")  # fmt: skip
+            print(
+                f"Leaving out {len(left_out)} {source} voice(s) ({', '.join(left_out[:4])}"
+                f"{', ...' if len(left_out) > 4 else ''}): missing {', '.join(missing)}"
+            )
     return tuple(voice for voice in voices if not problems[voice.source])
 
 
@@ -287,7 +307,7 @@ def _engine_audio(voice: Voice, utterances: Sequence[Utterance], raw_dir: Path) 
         kokoro = kokoro_tts(voice_cache())
         return [(kokoro(u.text, voice.name, 1.0 / rate), KOKORO_SAMPLE_RATE) for u, rate in zip(utterances, rates)]
     if voice.engine == "piper":
-        piper = piper_tts(voice_cache())
+        piper = piper_tts(voice_cache(), seed=utterances[0].seed)
         return [(piper(u.text, rate=rate), piper.sample_rate) for u, rate in zip(utterances, rates)]
     raw = [raw_dir / f"{index}.wav" for index in range(len(utterances))]
     if voice.engine == "festival":
@@ -341,8 +361,9 @@ def synthesize_many(
     """Synthesize every (voice, utterance) job in ``workers`` processes, with a progress bar; returns the
     durations in job order.
 
-    Jobs are grouped by voice into chunks (festival's of 48 utterances, the others' of 8), which the workers take
-    as they finish; a worker loads a neural model once, on its first chunk of that engine. The workers are forked,
+    Jobs are grouped by voice into chunks (festival's and Piper's of 48 utterances, the others' of 8), which the
+    workers take as they finish; a worker loads Kokoro once, on its first Kokoro chunk, and a seeded Piper session
+    per Piper chunk, so that every chunk's audio depends on its jobs alone. The workers are forked,
     so they start at once with this process's imports; one worker runs the chunks in this process.
 
     Args:

@@ -12,21 +12,63 @@ __all__ = ["DIGITS", "NUMBERS", "LETTERS", "NATO", "VOCABULARY", "random_transcr
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "oh")
 NUMBERS = (
-    "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
-    "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety", "hundred", "thousand",
-)  # fmt: skip
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+    "twenty",
+    "thirty",
+    "forty",
+    "fifty",
+    "sixty",
+    "seventy",
+    "eighty",
+    "ninety",
+    "hundred",
+    "thousand",
+)
 LETTERS = tuple("abcdefghijklmnopqrstuvwxyz")
 NATO = (
-    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo", "lima",
-    "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango", "uniform", "victor", "whiskey",
-    "xray", "yankee", "zulu",
-)  # fmt: skip
+    "alpha",
+    "bravo",
+    "charlie",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliet",
+    "kilo",
+    "lima",
+    "mike",
+    "november",
+    "oscar",
+    "papa",
+    "quebec",
+    "romeo",
+    "sierra",
+    "tango",
+    "uniform",
+    "victor",
+    "whiskey",
+    "xray",
+    "yankee",
+    "zulu",
+)
 #: Every token of the task, in a fixed order.
 VOCABULARY = DIGITS + NUMBERS + LETTERS + NATO
 
-# Text the TTS engines pronounce as the token: an upper-case letter is read as its name ("B" -> "bee"), while a
-# lower-case "a" would be read as the article.
-_SPOKEN_EXCEPTIONS = {"xray": "x-ray"}
+# Text the TTS engines pronounce as the token: an upper-case letter is read as its name ("B" -> "bee"), except "A",
+# which espeak-ng (and the voices phonemized by it), flite and festival read as the article before another word
+# ("A zero" -> "uh zero"); all three say "eigh" as the letter's name.
+_SPOKEN_EXCEPTIONS = {"xray": "x-ray", "a": "eigh"}
 
 
 def spoken_form(transcript: str) -> str:
@@ -39,7 +81,7 @@ def spoken_form(transcript: str) -> str:
     unknown = [word for word in words if word not in VOCABULARY]
     if unknown:
         raise ValueError(f"transcript {transcript!r} has words outside the task vocabulary: {unknown}")
-    return " ".join(word.upper() if word in LETTERS else _SPOKEN_EXCEPTIONS.get(word, word) for word in words)
+    return " ".join(_SPOKEN_EXCEPTIONS.get(word, word.upper() if word in LETTERS else word) for word in words)
 
 
 def random_transcript(rng: np.random.Generator, min_tokens: int = 1, max_tokens: int = 7) -> str:

@@ -55,10 +55,20 @@ def ibnet_layout(
     widths = (C, C, 2 * C, 2 * C, 2 * C)
     return [
         {"type": "conv", "filters": C, "kernel": kernels[0], "stride": strides[0]},
-        *({"type": "ib", "filters": w, "kernel": k, "stride": s, "repeat": repeat, "expansion": expansion}
-          for w, k, s in zip(widths, kernels[1:6], strides[1:6])),
-        {"type": "ib", "filters": 2 * C, "kernel": kernels[6], "stride": strides[6], "repeat": 1,
-         "expansion": expansion, "dilation": c2_dilation, "residual": False},
+        *(
+            {"type": "ib", "filters": w, "kernel": k, "stride": s, "repeat": repeat, "expansion": expansion}
+            for w, k, s in zip(widths, kernels[1:6], strides[1:6])
+        ),
+        {
+            "type": "ib",
+            "filters": 2 * C,
+            "kernel": kernels[6],
+            "stride": strides[6],
+            "repeat": 1,
+            "expansion": expansion,
+            "dilation": c2_dilation,
+            "residual": False,
+        },
         {"type": "conv", "filters": 4 * C, "kernel": 1},
     ]
 

@@ -50,15 +50,12 @@ def _check_common(kernel_size: int, stride: int, dilation: int, dropout: float, 
 class ConvBNAct(nn.Module):
     """Full 1-D convolution, BatchNorm and activation: IBNet's C1 (k=33, stride 2) and C3 (k=1).
 
+    ``in_channels``, ``out_channels``, ``kernel_size``, ``stride``, ``dilation`` and ``fast`` are those of the
+    :class:`~ibnet_nemo.parts.conv_bn.ConvBN` it wraps.
+
     Args:
-        in_channels: input channels `C_in`.
-        out_channels: output channels `C_out`.
-        kernel_size: odd kernel width.
-        stride: time stride (Default: ``1``).
-        dilation: kernel dilation (Default: ``1``).
         dropout: dropout after the activation (Default: ``0.0``).
         activation: key of :data:`ACTIVATIONS` (Default: ``"relu"``).
-        fast: see :class:`~ibnet_nemo.parts.conv_bn.ConvBN` (Default: ``True``).
     """
 
     def __init__(
@@ -66,6 +63,7 @@ class ConvBNAct(nn.Module):
         in_channels: int,
         out_channels: int,
         kernel_size: int,
+        *,
         stride: int = 1,
         dilation: int = 1,
         dropout: float = 0.0,
@@ -116,6 +114,7 @@ class InvertedBottleneck(nn.Module):
         in_channels: int,
         out_channels: int,
         kernel_size: int,
+        *,
         expansion: int = 2,
         stride: int = 1,
         dilation: int = 1,
@@ -187,6 +186,7 @@ class IBBlock(nn.Module):
         in_channels: int,
         out_channels: int,
         kernel_size: int,
+        *,
         repeat: int = 3,
         expansion: int = 2,
         stride: int = 1,

@@ -93,6 +93,7 @@ class ConvBN(nn.Module):
         in_channels: int,
         out_channels: int,
         kernel_size: int,
+        *,
         stride: int = 1,
         dilation: int = 1,
         groups: int = 1,

@@ -45,7 +45,8 @@ __all__ = [
 ]
 
 #: The fixed uint8 range of a channel inside an inverted bottleneck: its BatchNorm output's mean plus this many
-#: standard deviations (the running statistics of training). Chosen on the demo's validation set (8 to 24 tried).
+#: standard deviations (the running statistics of training). Chosen with a demo IBNet on its validation set
+#: (8 to 24 tried).
 RANGE_SIGMAS = 16.0
 # Steps of a dynamic range: 254, not 255, so that ``x / scale + zero_point + 0.5`` stays below 256 and truncating
 # it to uint8 rounds to the nearest step without overflow.
