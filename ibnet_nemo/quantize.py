@@ -25,6 +25,7 @@ from nemo.collections.asr.parts.submodules.jasper import MaskedConv1d
 from torch import nn
 
 from ibnet_nemo.modules import IBNetEncoder
+from ibnet_nemo.parts.conv_bn import capturing_graph
 from ibnet_nemo.parts.int8 import Int8Linear, check_int8_available, quantize_frames
 
 __all__ = ["QUANTIZATIONS", "Int8PointwiseConv", "apply_quantization", "check_quantization", "quantize_int8"]
@@ -107,9 +108,12 @@ class Int8PointwiseConv:
                 scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
                 weight, bias = weight * scale[:, None], (bias - bn.running_mean) * scale + bn.bias
         self.linear = Int8Linear(weight, bias)
+        self.conv = conv
 
     def __call__(self, x: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`(B, C_in, T)` and `(B,)` lengths to `(B, C_out, T)` and the same lengths."""
+        if (self.conv.training and torch.is_grad_enabled()) or capturing_graph():
+            raise RuntimeError("an int8 convolution runs inference only: it cannot train or export (fp32 can)")
         frames = x.transpose(1, 2).contiguous()  # time-major (B, T, C_in)
         valid = lens if bool((lens < x.shape[2]).any()) else None
         return self.linear(quantize_frames(frames, valid)).transpose(1, 2).contiguous(), lens

@@ -134,6 +134,8 @@ def test_quartznet_int8_follows_fp32():
     spread = (reference.amax(-1) - reference.amin(-1))[:, :75]
     # Measured 0.004 of the spread of the log-probabilities; weight scales 5 % off give 0.02, a lost zero point 0.28.
     assert (error / spread).max() < 0.01
+    with pytest.raises(RuntimeError, match="runs inference only: it cannot train"):
+        int8.train()(processed_signal=features, processed_signal_length=lengths)
 
 
 def test_a_restored_nemo_is_quantized_and_transcribed_in_a_fresh_process(trained_nemo, tiny_data, tmp_path):
