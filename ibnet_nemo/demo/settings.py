@@ -75,7 +75,7 @@ class DemoSettings:
         concurrent: train the models side by side, each on its share of the CPUs, instead of one after the
             other. (Default: True)
         lm_order: order of the task's word n-gram LM, at least 2. (Default: 3)
-        lm_alpha: LM weight in beam search. (Default: 0.5)
+        lm_alpha: LM weight in beam search, chosen on the validation set (docs/demo.md). (Default: 0.2)
         lm_beta: word insertion bonus in beam search. (Default: 1.0)
         beam_size: beam width. (Default: 32)
         eval_batch_size: utterances per forward pass in evaluation. (Default: 32)
@@ -87,7 +87,7 @@ class DemoSettings:
     train_overrides: tuple[str, ...] = ()
     concurrent: bool = True
     lm_order: int = 3
-    lm_alpha: float = 0.5
+    lm_alpha: float = 0.2
     lm_beta: float = 1.0
     beam_size: int = 32
     eval_batch_size: int = 32
