@@ -22,7 +22,7 @@ from ibnet_nemo.demo.augment import SAMPLE_RATE, add_noise, telephone_band
 from ibnet_nemo.demo.corpus import SPLITS, TEST_SPLITS, CorpusSpec, build_corpus, corpus_summary
 from ibnet_nemo.demo.install import missing_apt_packages
 from ibnet_nemo.demo.neural_voices import kokoro_blend
-from ibnet_nemo.demo.pipeline import run_demo
+from ibnet_nemo.demo.pipeline import _hydra_overrides, run_demo
 from ibnet_nemo.demo.real_speech import ASTERISK_SPEAKER, build_real_test_set, read_prompt_transcripts
 from ibnet_nemo.demo.report import Result, format_table
 from ibnet_nemo.demo.settings import DECODINGS, DEMO_MODELS, DemoModel, DemoSettings
@@ -145,6 +145,19 @@ def test_result_records_and_table():
         "4.0% (10)",
         "12.5% (10)",
         "-",
+    ]
+
+
+def test_the_lm_command_the_demo_prints_decodes_as_the_demo_did(tmp_path):
+    # The command shown to the user after the run carries the demo's own beam and LM weights.
+    settings, lm = DemoSettings(), tmp_path / "task_3gram.arpa"
+    (lm_decoding,) = [d for d in DECODINGS if d.beam_lm]
+    assert _hydra_overrides("ctc_decoding", settings.decoding_config(lm_decoding, lm)) == [
+        "ctc_decoding.strategy=pyctcdecode",
+        "ctc_decoding.beam.beam_size=32",
+        f"ctc_decoding.beam.ngram_lm_model={lm}",
+        "ctc_decoding.beam.ngram_lm_alpha=0.2",
+        "ctc_decoding.beam.beam_beta=1.0",
     ]
 
 

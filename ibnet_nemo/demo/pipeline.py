@@ -220,9 +220,21 @@ def evaluate_model(
     return results
 
 
-def _transcribe_one_clip(nemo_file: Path, manifests: dict[str, Path], output_dir: Path, lm_path: Path) -> None:
+def _hydra_overrides(prefix: str, config: dict) -> list[str]:
+    """``config`` (nested dicts) as Hydra overrides under ``prefix``: ``{"beam": {"beam_size": 32}}`` ->
+    ``prefix.beam.beam_size=32``."""
+    overrides = []
+    for key, value in config.items():
+        if isinstance(value, dict):
+            overrides += _hydra_overrides(f"{prefix}.{key}", value)
+        else:
+            overrides.append(f"{prefix}.{key}={value}")
+    return overrides
+
+
+def _transcribe_one_clip(nemo_file: Path, manifests: dict[str, Path], output_dir: Path, lm_decoding: dict) -> None:
     """Run ``examples/transcribe_speech.py`` on one real recording, show the command and its answer, and the
-    same command with the task LM."""
+    same command with ``lm_decoding`` (the demo's LM decoding config, as ``ctc_decoding.*`` overrides)."""
     record = next(r for r in read_manifest(manifests[TEST_SPLITS[REAL_TEST_SET]]) if len(r["text"].split()) == 1)
     clip = Path(record["source"])
     output = output_dir / "one_clip.json"
@@ -240,7 +252,7 @@ def _transcribe_one_clip(nemo_file: Path, manifests: dict[str, Path], output_dir
         raise RuntimeError(f"transcribe_speech.py failed ({run.returncode}):\n{run.stderr[-2000:]}")
     answer = next(read_manifest(output))
     print(f"-> {answer.get('pred_text', answer.get('error'))!r}  (reference: {record['text']!r}; written to {output})")
-    with_lm = [*command, "ctc_decoding.strategy=pyctcdecode", f"ctc_decoding.beam.ngram_lm_model={lm_path}"]
+    with_lm = [*command, *_hydra_overrides("ctc_decoding", lm_decoding)]
     print("With beam search and the task LM:\n$ " + _shown(with_lm))
 
 
@@ -273,6 +285,7 @@ def run_demo(settings: DemoSettings = DemoSettings()) -> list[Result]:
     print(f"\nTraining corpus: {corpus['train_speakers']} speakers; {hours}")
     print(f"Results: {results_path}\nValidation WER plot: {plot_path}")
     print("Models: " + ", ".join(str(m.nemo_file) for m in trained))
-    _transcribe_one_clip(trained[0].nemo_file, manifests, output_dir, lm_path)
+    lm_decoding = settings.decoding_config(next(d for d in DECODINGS if d.beam_lm), lm_path)
+    _transcribe_one_clip(trained[0].nemo_file, manifests, output_dir, lm_decoding)
     print(f"\nDemo finished in {(time.time() - demo_start) / 60:.1f} min (corpus {corpus_minutes:.1f} min).")
     return results
