@@ -25,7 +25,7 @@ from nemo.collections.asr.parts.submodules.jasper import MaskedConv1d
 from torch import nn
 
 from ibnet_nemo.modules import IBNetEncoder
-from ibnet_nemo.parts.conv_bn import capturing_graph
+from ibnet_nemo.parts.conv_bn import capturing_graph, fold_batchnorm
 from ibnet_nemo.parts.int8 import Int8Linear, check_int8_available, quantize_frames
 
 __all__ = ["QUANTIZATIONS", "Int8PointwiseConv", "apply_quantization", "check_quantization", "quantize_int8"]
@@ -102,11 +102,11 @@ class Int8PointwiseConv:
 
     def __init__(self, conv: MaskedConv1d, bn: Optional[nn.BatchNorm1d]) -> None:
         with torch.no_grad():
-            weight = conv.conv.weight.squeeze(2).float()
-            bias = conv.conv.bias.float() if conv.conv.bias is not None else torch.zeros(weight.shape[0])
+            weight, bias = conv.conv.weight.squeeze(2).float(), conv.conv.bias
             if bn is not None:
-                scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-                weight, bias = weight * scale[:, None], (bias - bn.running_mean) * scale + bn.bias
+                weight, bias = fold_batchnorm(weight, bias, bn)
+            if bias is None:
+                bias = torch.zeros(weight.shape[0])
         self.linear = Int8Linear(weight, bias)
         self.conv = conv
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ConvBN", "activate", "capturing_graph", "conv_output_lengths", "same_padding"]
+__all__ = ["ConvBN", "activate", "capturing_graph", "conv_output_lengths", "fold_batchnorm", "same_padding"]
 
 _IN_PLACE = {
     nn.ReLU: torch.relu_,
@@ -49,6 +49,17 @@ def conv_output_lengths(lengths: torch.Tensor, kernel_size: int, stride: int, di
     """
     padding = same_padding(kernel_size, dilation)
     return torch.div(lengths + 2 * padding - dilation * (kernel_size - 1) - 1, stride, rounding_mode="floor") + 1
+
+
+def fold_batchnorm(
+    weight: torch.Tensor, bias: Optional[torch.Tensor], bn: nn.BatchNorm1d
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight `(C_out, ...)` and bias `(C_out,)` of a layer followed by the eval-mode ``bn``, ``bn`` folded in
+    (``bias`` None: the layer has none)."""
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    shift = bn.bias - bn.running_mean * scale
+    weight = weight * scale.view((-1,) + (1,) * (weight.dim() - 1))
+    return weight, shift if bias is None else bias * scale + shift
 
 
 def capturing_graph() -> bool:
@@ -170,7 +181,6 @@ class ConvBN(nn.Module):
         key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
         if use_cache and self._folded is not None and self._folded[0] == key:
             return self._folded[1], self._folded[2]
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        weight, bias = self.conv.weight * scale[:, None, None], bn.bias - bn.running_mean * scale
+        weight, bias = fold_batchnorm(self.conv.weight, None, bn)
         self._folded = (key, weight, bias) if use_cache else None
         return weight, bias
