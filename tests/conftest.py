@@ -127,10 +127,11 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
     return {"train": make_dataset(root / "train", 16, seed=0), "val": make_dataset(root / "val", 6, seed=1)}
 
 
-def fit(cfg, max_steps: int):
-    """Train ``EncDecCTCModel(cfg.model)`` for ``max_steps`` on the CPU without logging or checkpoints."""
+def fit(cfg, max_steps: int, accelerator: str = "cpu", **trainer_options):
+    """Train ``EncDecCTCModel(cfg.model)`` for ``max_steps`` on one ``accelerator`` device without logging or
+    checkpoints; ``trainer_options`` (``precision``, ``callbacks``) go to the Lightning ``Trainer``."""
     trainer = pl.Trainer(
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=1,
         max_steps=max_steps,
         logger=False,
@@ -139,6 +140,7 @@ def fit(cfg, max_steps: int):
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
+        **trainer_options,
     )
     model = EncDecCTCModel(cfg=cfg.model, trainer=trainer)
     trainer.fit(model)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import CONFIG_DIR, compose, data_overrides, randomize_batchnorm
+from conftest import CONFIG_DIR, compose, data_overrides, fit, randomize_batchnorm
 from nemo.collections.asr.models import EncDecCTCModel
 
 from ibnet_nemo.benchmark import BenchmarkSettings, ModelSpec, build_model, run_benchmark
@@ -138,21 +138,9 @@ def test_bf16_mixed_training_through_nemo_lowers_the_loss(tiny_data):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             losses.append(float(outputs["loss"]))
 
-    trainer = pl.Trainer(
-        accelerator="gpu",
-        devices=1,
-        precision="bf16-mixed",
-        max_steps=40,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=[RecordLoss()],
+    _, trainer = fit(
+        compose("ibnet_c192", overrides), 40, accelerator="gpu", precision="bf16-mixed", callbacks=[RecordLoss()]
     )
-    model = EncDecCTCModel(cfg=compose("ibnet_c192", overrides).model, trainer=trainer)
-    trainer.fit(model)
     assert trainer.global_step == 40 and len(losses) == 40
     assert all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-5:]) < 0.5 * sum(losses[:5]), losses
