@@ -16,13 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import compose
 
+import ibnet_nemo.demo.pipeline as pipeline
 from ibnet_nemo.data.manifest import read_manifest
 from ibnet_nemo.demo.augment import SAMPLE_RATE, add_noise, telephone_band
 from ibnet_nemo.demo.corpus import SPLITS, TEST_SPLITS, CorpusSpec, build_corpus, corpus_summary
 from ibnet_nemo.demo.install import missing_apt_packages
 from ibnet_nemo.demo.neural_voices import kokoro_blend
-from ibnet_nemo.demo.pipeline import _hydra_overrides, run_demo
+from ibnet_nemo.demo.pipeline import _hydra_overrides, _precision_overrides, run_demo
 from ibnet_nemo.demo.real_speech import ASTERISK_SPEAKER, build_real_test_set, read_prompt_transcripts
 from ibnet_nemo.demo.report import Result, format_table
 from ibnet_nemo.demo.settings import DECODINGS, DEMO_MODELS, DemoModel, DemoSettings
@@ -159,6 +161,15 @@ def test_the_lm_command_the_demo_prints_decodes_as_the_demo_did(tmp_path):
         "ctc_decoding.beam.ngram_lm_alpha=0.2",
         "ctc_decoding.beam.beam_beta=1.0",
     ]
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_training_falls_back_to_fp32_where_bf16_would_be_emulated(native_bf16, monkeypatch):
+    # The demo configs train in bf16 autocast; a CPU without native bf16 trains in fp32 instead, unless told.
+    assert compose("demo_ibnet").trainer.precision == compose("demo_quartznet").trainer.precision == "bf16-mixed"
+    monkeypatch.setattr(pipeline, "cpu_has_native_bf16", lambda: native_bf16)
+    assert _precision_overrides(["trainer.max_steps=10"]) == ([] if native_bf16 else ["trainer.precision=32"])
+    assert _precision_overrides(["trainer.precision=bf16-mixed"]) == []
 
 
 def test_settings_refuse_what_would_fail_after_training(tmp_path):

@@ -1,5 +1,5 @@
-"""Training: the entry script end to end (QuartzNet and IBNet), resume after SIGKILL, DDP, checkpoints, NaN guard,
-augmentation variants. Scripts run in subprocesses on the tiny generated dataset."""
+"""Training: the entry script end to end (QuartzNet and IBNet), bf16 mixed precision, resume after SIGKILL, DDP,
+checkpoints, NaN guard, augmentation variants. Scripts run in subprocesses on the tiny generated dataset."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ import tarfile
 import time
 from pathlib import Path
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import REPO, TINY_IBNET, compose, make_dataset
+from conftest import REPO, TINY_IBNET, compose, data_overrides, fit, make_dataset
 
 from ibnet_nemo.data.manifest import read_manifest, write_manifest
 from ibnet_nemo.data.manifest_check import ManifestCheckError
@@ -93,6 +94,40 @@ def test_script_trains_either_encoder_with_the_same_command(config_name, tiny_da
     encoder = "ibnet_nemo.modules.IBNetEncoder" if config_name == "ibnet_c192" else "ConvASREncoder"
     assert encoder in config
     assert "Manifest check:" in output
+
+
+@pytest.mark.parametrize(
+    "accelerator",
+    ["cpu", pytest.param("gpu", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))],
+)
+def test_bf16_mixed_training_through_nemo_lowers_the_loss(accelerator, tiny_data):
+    pl.seed_everything(0)
+    overrides = data_overrides(tiny_data, batch_size=16) + [
+        "augment=none",
+        "model.preprocessor.dither=0.0",
+        "model.optim.name=adamw",
+        "model.optim.lr=0.003",
+        "model.optim.betas=[0.9,0.98]",
+        "model.optim.weight_decay=0.0",
+        "model.optim.sched.warmup_ratio=0.05",
+    ]
+    losses, encoder_dtypes = [], set()
+
+    class Record(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            pl_module.encoder.register_forward_hook(lambda module, args, output: encoder_dtypes.add(output[0].dtype))
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"]))
+
+    model, trainer = fit(
+        compose("ibnet_c192", overrides), 40, accelerator=accelerator, precision="bf16-mixed", callbacks=[Record()]
+    )
+    assert trainer.global_step == 40 and len(losses) == 40
+    assert encoder_dtypes == {torch.bfloat16}  # the convolutions ran in bf16 ...
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # ... on fp32 weights
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-5:]) < 0.5 * sum(losses[:5]), losses
 
 
 def test_resume_after_sigkill_continues_steps_optimizer_and_schedule(tiny_data, tmp_path):

@@ -28,7 +28,7 @@ from ibnet_nemo.demo.report import (
     read_validation_curve,
     write_results,
 )
-from ibnet_nemo.demo.settings import DECODINGS, REPO, DemoModel, DemoSettings
+from ibnet_nemo.demo.settings import DECODINGS, REPO, DemoModel, DemoSettings, cpu_has_native_bf16
 from ibnet_nemo.demo.vocabulary import task_sentences
 from ibnet_nemo.evaluate import decode_and_score, manifest_log_probs, transcript_records
 from ibnet_nemo.inference import load_model
@@ -117,17 +117,25 @@ def train_models(settings: DemoSettings, manifests: dict[str, Path]) -> list[Tra
     cpus = os.cpu_count() or 1
     threads = max(1, cpus // len(settings.models)) if settings.concurrent else cpus
     batches = [list(settings.models)] if settings.concurrent else [[model] for model in settings.models]
+    overrides = (*_precision_overrides(settings.train_overrides), *settings.train_overrides)
     trained = []
     finished: dict[str, float] = {}
     for batch in batches:
         runs = [
-            _start_training(
-                model, manifests, output_dir, settings.train_overrides, threads, echo=index == 0, finished=finished
-            )
+            _start_training(model, manifests, output_dir, overrides, threads, echo=index == 0, finished=finished)
             for index, model in enumerate(batch)
         ]
         trained += [_finish_training(run, output_dir, finished) for run in runs]
     return trained
+
+
+def _precision_overrides(overrides: Sequence[str]) -> list[str]:
+    """``["trainer.precision=32"]`` where the configs' bf16 autocast would be emulated (a CPU without native bf16)
+    and ``overrides`` choose no precision; else none."""
+    if cpu_has_native_bf16() or any(o.lstrip("+~").startswith("trainer.precision=") for o in overrides):
+        return []
+    print("This CPU has no native bf16 (AVX512-BF16 or AMX): training in fp32 (trainer.precision=32).")
+    return ["trainer.precision=32"]
 
 
 def _start_training(

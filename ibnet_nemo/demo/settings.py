@@ -9,13 +9,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from ibnet_nemo.demo.corpus import CorpusSpec
 
-__all__ = ["DECODINGS", "DEMO_MODELS", "REPO", "Decoding", "DemoModel", "DemoSettings"]
+__all__ = ["DECODINGS", "DEMO_MODELS", "REPO", "Decoding", "DemoModel", "DemoSettings", "cpu_has_native_bf16"]
 
 #: The repository checkout the demo runs from (its ``examples/`` and ``configs/``).
 REPO = Path(__file__).resolve().parents[2]
 _CONFIG_DIR = REPO / "configs"
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX), where the demo recipes' bf16 autocast is
+    faster than fp32; on other CPUs it is emulated, and slower."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ and chooses how to compute them:
 
 - CPU fast path: activations stay time-major in memory (`(B, C, T)` shape, `(B, T, C)` storage). There a
   point-wise convolution is one matrix product and a depth-wise one is PyTorch's channels-last ``conv2d``,
-  about 25x faster on CPU than ``conv1d`` for IBNet's long kernels.
+  about 25x faster on CPU than ``conv1d`` for IBNet's long kernels. In training, a depth-wise convolution
+  (stride 1, no dilation) has a backward of its own (:class:`_DepthwiseConv`), 2-3x faster than PyTorch's.
 - GPU fast path: cuDNN's own convolutions.
 - On both, in eval mode BatchNorm is folded into the convolution's weights (cached while no parameter or running
   statistic changes).
@@ -85,6 +86,53 @@ def activate(activation: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return in_place(x)
 
 
+def _is_plain_depthwise(conv: nn.Conv1d) -> bool:
+    """A depth-wise convolution with stride 1 and no dilation: the case :class:`_DepthwiseConv` computes."""
+    return conv.groups == conv.in_channels == conv.out_channels and conv.stride[0] == 1 and conv.dilation[0] == 1
+
+
+class _DepthwiseConv(torch.autograd.Function):
+    """Depth-wise "same" convolution of channels-last `(B, C, 1, T)` activations with a `(C, 1, 1, k)` kernel, with
+    a backward that is 2-3x faster on the CPU than PyTorch's own (under bf16 autocast; about the same in fp32).
+
+    The input gradient is the forward convolution with the kernel reversed. The weight gradient, for channel `c` and
+    tap `j` the sum over `b, t` of `grad[b, c, t] * x_padded[b, c, t + j]`, is one grouped convolution in which
+    each of the `B * C` rows is a group and its gradient row the kernel.
+    """
+
+    @staticmethod
+    def forward(ctx, x4: torch.Tensor, weight4: torch.Tensor, padding: int) -> torch.Tensor:
+        ctx.save_for_backward(x4, weight4)
+        ctx.padding = padding
+        return F.conv2d(x4, weight4, padding=(0, padding), groups=weight4.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad4: torch.Tensor):
+        x4, weight4 = ctx.saved_tensors
+        padding, channels = ctx.padding, weight4.shape[0]
+        grad4 = grad4.contiguous(memory_format=torch.channels_last)
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.conv2d(grad4, weight4.flip(-1), padding=(0, padding), groups=channels)
+        if ctx.needs_input_grad[1]:
+            batch, _, _, frames = x4.shape
+            rows = F.pad(x4.squeeze(2), (padding, padding)).reshape(1, batch * channels, frames + 2 * padding)
+            kernels = grad4.squeeze(2).reshape(batch * channels, 1, frames)
+            grad_weight = F.conv1d(rows, kernels, groups=batch * channels).view(batch, channels, 1, -1).sum(0)
+            grad_weight = grad_weight.unsqueeze(1)  # (C, 1, 1, k)
+        return grad_x, grad_weight, None
+
+
+def _depthwise_conv(x4: torch.Tensor, weight4: torch.Tensor, padding: int) -> torch.Tensor:
+    """:class:`_DepthwiseConv` in the dtype autocast would give ``F.conv2d`` (the casts stay on the autograd
+    graph, so the fp32 weight receives its gradient)."""
+    if torch.is_autocast_enabled("cpu"):
+        dtype = torch.get_autocast_dtype("cpu")
+        x4, weight4 = x4.to(dtype), weight4.to(dtype)
+    with torch.autocast("cpu", enabled=False):
+        return _DepthwiseConv.apply(x4, weight4, padding)
+
+
 class ConvBN(nn.Module):
     """Bias-free ``nn.Conv1d`` followed by ``nn.BatchNorm1d``, "same" padding (see the module doc for the paths).
 
@@ -152,15 +200,18 @@ class ConvBN(nn.Module):
         else:
             # (B, C, 1, T) in channels-last memory is exactly the time-major (B, T, C) storage: no copy.
             x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-            y4 = F.conv2d(
-                x4,
-                weight.unsqueeze(2),
-                bias,
-                stride=(1, conv.stride[0]),
-                padding=(0, conv.padding[0]),
-                dilation=(1, conv.dilation[0]),
-                groups=conv.groups,
-            )
+            if self.training and torch.is_grad_enabled() and _is_plain_depthwise(conv) and not capturing_graph():
+                y4 = _depthwise_conv(x4, weight.unsqueeze(2), conv.padding[0])
+            else:
+                y4 = F.conv2d(
+                    x4,
+                    weight.unsqueeze(2),
+                    bias,
+                    stride=(1, conv.stride[0]),
+                    padding=(0, conv.padding[0]),
+                    dilation=(1, conv.dilation[0]),
+                    groups=conv.groups,
+                )
             y = y4.squeeze(2).transpose(1, 2).contiguous()  # (B, T, C_out): a no-op for channels-last output
         if self.training:
             # BatchNorm1d over (B * T, C) rows computes the same statistics as over (B, C, T).
