@@ -17,7 +17,7 @@ from conftest import CONFIG_DIR, TINY_IBNET, randomize_batchnorm, small_encoder
 from ibnet_nemo.benchmark import ModelSpec, build_model
 from ibnet_nemo.modules import IBNetEncoder
 from ibnet_nemo.parts.blocks import ConvBNAct, IBBlock, InvertedBottleneck, make_mask
-from ibnet_nemo.parts.conv_bn import ConvBN
+from ibnet_nemo.parts.conv_bn import ConvBN, _depthwise_conv
 
 
 def _fast_and_reference(module: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -170,6 +170,23 @@ def test_checkpoint_blocks_gives_the_same_gradients_and_running_statistics():
         torch.testing.assert_close(grads[1][name], grad, rtol=0, atol=0, msg=name)
     for name, buffer in plain.state_dict().items():  # recomputation did not update running statistics twice
         torch.testing.assert_close(checkpointed.state_dict()[name], buffer, rtol=0, atol=0, msg=name)
+
+
+def test_training_depthwise_backward_is_the_exact_gradient():
+    """IBNet's own depth-wise backward (input: the kernel reversed; weight: a grouped convolution over the batch)
+    against finite differences, and against PyTorch's backward of the same convolution."""
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 8, 1, 20, dtype=torch.float64, generator=generator)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    weight = torch.randn(8, 1, 1, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: _depthwise_conv(a, b, 2), (x, weight))
+    grad = torch.randn(3, 8, 1, 20, dtype=torch.float64, generator=generator)
+    ours = torch.autograd.grad((_depthwise_conv(x, weight, 2) * grad).sum(), (x, weight))
+    plain = torch.autograd.grad(
+        (torch.nn.functional.conv2d(x, weight, padding=(0, 2), groups=8) * grad).sum(), (x, weight)
+    )
+    for a, b in zip(ours, plain):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("mode", ["eval", "train"])

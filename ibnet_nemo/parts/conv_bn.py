@@ -118,8 +118,7 @@ class _DepthwiseConv(torch.autograd.Function):
             batch, _, _, frames = x4.shape
             rows = F.pad(x4.squeeze(2), (padding, padding)).reshape(1, batch * channels, frames + 2 * padding)
             kernels = grad4.squeeze(2).reshape(batch * channels, 1, frames)
-            grad_weight = F.conv1d(rows, kernels, groups=batch * channels).view(batch, channels, 1, -1).sum(0)
-            grad_weight = grad_weight.unsqueeze(1)  # (C, 1, 1, k)
+            grad_weight = F.conv1d(rows, kernels, groups=batch * channels).view(batch, channels, 1, 1, -1).sum(0)
         return grad_x, grad_weight, None
 
 
