@@ -7,7 +7,8 @@ and chooses how to compute them:
 - CPU fast path: activations stay time-major in memory (`(B, C, T)` shape, `(B, T, C)` storage). There a
   point-wise convolution is one matrix product and a depth-wise one is PyTorch's channels-last ``conv2d``,
   about 25x faster on CPU than ``conv1d`` for IBNet's long kernels. In training, a depth-wise convolution
-  (stride 1, no dilation) has a backward of its own (:class:`_DepthwiseConv`), 2-3x faster than PyTorch's.
+  (stride 1, no dilation) has a backward of its own (:class:`_DepthwiseConv`), 2-3x faster than PyTorch's under
+  bf16 autocast.
 - GPU fast path: cuDNN's own convolutions.
 - On both, in eval mode BatchNorm is folded into the convolution's weights (cached while no parameter or running
   statistic changes).
