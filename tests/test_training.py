@@ -177,7 +177,10 @@ def test_resume_after_sigkill_continues_steps_optimizer_and_schedule(tiny_data, 
     assert (final["global_step"], final["epoch"]) == (12, 3)
     assert final["lr_schedulers"][0]["last_epoch"] == 12  # the cosine schedule continued, not restarted
     assert {state["step"] for state in final["optimizer_states"][0]["state"].values()} == {12}
-    assert (checkpoint_dir / "ibnet_c192--snapshot-epoch=1.ckpt").exists()
+    if resumed_step == 4:
+        # The resumed run trained epoch 1 again and kept its snapshot. (From step 8 it may have none: the snapshot is
+        # written after epoch 1's last checkpoint, and the kill can fall between the two.)
+        assert (checkpoint_dir / "ibnet_c192--snapshot-epoch=1.ckpt").exists()
     assert len(list(checkpoint_dir.glob("ibnet_c192--val_wer=*.ckpt"))) == 2  # best + last
 
 
