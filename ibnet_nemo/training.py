@@ -367,14 +367,18 @@ def train(cfg: DictConfig) -> TrainingOutputs:
     log_dir = Path(exp_manager(trainer, cfg.exp_manager))
     nemo_checkpoint = next(cb for cb in trainer.callbacks if isinstance(cb, NeMoModelCheckpoint))
     if settings.snapshot_every_n_epochs is not None:
-        trainer.callbacks.append(
+        # Before exp_manager's checkpoint: a kill between the two writes leaves a snapshot newer than the last
+        # checkpoint, which `prepare_resume` sets aside and the resumed run writes again. After it, the kill would
+        # leave a finished epoch without its snapshot, and nothing would write it.
+        trainer.callbacks.insert(
+            trainer.callbacks.index(nemo_checkpoint),
             ModelCheckpoint(
                 dirpath=nemo_checkpoint.dirpath,
                 filename=f"{nemo_checkpoint.prefix}--snapshot-{{epoch}}",
                 every_n_epochs=settings.snapshot_every_n_epochs,
                 save_top_k=-1,
                 save_on_train_epoch_end=True,
-            )
+            ),
         )
 
     model = model_class(cfg.model)(cfg=cfg.model, trainer=trainer)

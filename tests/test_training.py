@@ -177,10 +177,9 @@ def test_resume_after_sigkill_continues_steps_optimizer_and_schedule(tiny_data, 
     assert (final["global_step"], final["epoch"]) == (12, 3)
     assert final["lr_schedulers"][0]["last_epoch"] == 12  # the cosine schedule continued, not restarted
     assert {state["step"] for state in final["optimizer_states"][0]["state"].values()} == {12}
-    if resumed_step == 4:
-        # The resumed run trained epoch 1 again and kept its snapshot. (From step 8 it may have none: the snapshot is
-        # written after epoch 1's last checkpoint, and the kill can fall between the two.)
-        assert (checkpoint_dir / "ibnet_c192--snapshot-epoch=1.ckpt").exists()
+    # From step 8 epoch 1's snapshot is already there (written before its last checkpoint); from step 4 the resumed
+    # run trains epoch 1 again and writes it.
+    assert (checkpoint_dir / "ibnet_c192--snapshot-epoch=1.ckpt").exists()
     assert len(list(checkpoint_dir.glob("ibnet_c192--val_wer=*.ckpt"))) == 2  # best + last
 
 
@@ -318,6 +317,34 @@ def test_nan_guard_names_the_batch_files_and_writes_no_checkpoint(tiny_data, tmp
         f"  {batch[3]}",
     ]
     assert not list((tmp_path / "nan_guard").rglob("*.ckpt"))
+
+
+def test_an_epochs_snapshot_is_written_before_its_last_checkpoint(tiny_data, tmp_path, monkeypatch):
+    # A kill between the two writes must not lose the snapshot: written first, a resume sets it aside and writes it
+    # again; written second, the resumed run would start after that epoch and never write it.
+    saved, save = [], AtomicCheckpointIO.save_checkpoint
+
+    def record_and_save(self, checkpoint, path, storage_options=None):
+        saved.append(Path(path).name)
+        save(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", record_and_save)
+    cfg = compose(
+        "ibnet_c192",
+        [
+            *TINY_IBNET,
+            *CPU,
+            *data_overrides(tiny_data, batch_size=8),
+            "name=order",
+            "trainer.devices=1",
+            "trainer.max_epochs=1",
+            f"exp_manager.exp_dir={tmp_path}",
+            "ibnet_training.snapshot_every_n_epochs=1",
+        ],
+    )
+    train(cfg)
+    last = next(i for i, name in enumerate(saved) if name.endswith("-last.ckpt"))
+    assert "order--snapshot-epoch=0.ckpt" in saved[:last], saved
 
 
 def test_nan_guard_refuses_to_checkpoint_non_finite_weights():
