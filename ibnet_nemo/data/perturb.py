@@ -36,10 +36,9 @@ class SoxrSpeedPerturbation(Perturbation):
     ``num_rates <= 0``, a rate drawn uniformly from that range. As in NeMo, the audio comes out ``rate`` times as
     long: a rate above 1 slows it down and lowers its pitch.
 
-    NeMo's own resamplers cost more than the training step they feed on a CPU: ``scipy``/``fft`` take time that
-    depends on the length in samples (a few ms for most utterances, seconds for a length with a large prime
-    factor), and ``kaiser_*`` need ``resampy`` (10-40 ms per 2-second utterance). soxr, installed with librosa,
-    takes about 0.2 ms.
+    NeMo's own resamplers are slow next to a CPU training step: ``scipy``/``fft`` take about 2 ms per 2-second
+    utterance (up to 12 ms), and ``kaiser_*`` need ``resampy`` (10-40 ms). soxr, installed with librosa, takes
+    about 0.25 ms.
 
     Args:
         sr: the audio's sample rate.
