@@ -92,6 +92,8 @@ def test_voice_catalog_holds_speakers_out_entirely():
         Voice("sapi", "david")
     with pytest.raises(ValueError, match="both trained on and held out"):
         CorpusSpec(heldout_voices=TRAIN_VOICES[:1])
+    with pytest.raises(ValueError, match=r"speed_copies must be > 0 and not 1, got \(0.9, 1.0\)"):
+        CorpusSpec(speed_copies=(0.9, 1.0))
 
 
 def test_telephone_band_and_noise():
@@ -224,7 +226,15 @@ def test_demo_corpus_is_built_split_by_voice_and_cached(demo_run, capsys):
     out, corpus, _, _ = demo_run
     manifests = {split: out / "corpus" / f"{split}.json" for split in SPLITS}
     records = {split: list(read_manifest(path)) for split, path in manifests.items()}
-    assert [len(records[split]) for split in SPLITS] == [24, 6, 6, 3]
+    # The training utterances, then each of them at every speed of corpus.speed_copies (0.9 and 1.1).
+    assert [len(records[split]) for split in SPLITS] == [24 * 3, 6, 6, 3]
+    originals = records["train"][:24]
+    for index, factor in enumerate(corpus.speed_copies, start=1):
+        copies = records["train"][24 * index : 24 * (index + 1)]
+        assert [c["speed"] for c in copies] == [factor] * 24 and not any("speed" in r for r in originals)
+        for original, copy in zip(originals, copies):
+            assert (copy["text"], copy["speaker"]) == (original["text"], original["speaker"])
+            assert copy["duration"] == pytest.approx(factor * original["duration"], abs=2e-3)
     train_voices = {voice.key for voice in corpus.train_voices}
     assert {r["voice"] for r in records["train"] + records["val"]} <= train_voices
     assert {r["voice"] for r in records["test_synthetic_heldout"]} == {"flite_slt"}

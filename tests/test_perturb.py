@@ -1,4 +1,4 @@
-"""The plugin's speed perturbation (``speed_soxr``) for NeMo's audio augmentor."""
+"""The plugin's speed perturbation: ``change_speed``, and ``speed_soxr`` for NeMo's audio augmentor."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from nemo.collections.asr.parts.preprocessing.perturb import process_augmentatio
 from nemo.collections.asr.parts.preprocessing.segment import AudioSegment
 
 import ibnet_nemo  # noqa: F401  (registers speed_soxr)
-from ibnet_nemo.data.perturb import SPEED_PERTURBATION, SoxrSpeedPerturbation
+from ibnet_nemo.data.perturb import SPEED_PERTURBATION, SoxrSpeedPerturbation, change_speed
 
 SR = 16000
 
@@ -88,3 +88,11 @@ def test_nemo_builds_it_from_an_augmentor_config():
 def test_arguments_are_validated(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SoxrSpeedPerturbation(**kwargs)
+
+
+def test_change_speed_on_plain_audio():
+    tone = _tone(1000.0).samples
+    slower = change_speed(tone, SR, 1.25)
+    assert len(slower) == round(SR * 1.25) and _peak_hz(slower) == pytest.approx(800.0, abs=2.0)
+    with pytest.raises(ValueError, match="rate must be > 0, got -1"):
+        change_speed(tone, SR, -1)

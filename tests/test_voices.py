@@ -225,7 +225,7 @@ def test_corpus_manifests_record_speakers(tmp_path):
         pytest.skip("the Asterisk prompts (asterisk-core-sounds-en-wav) are not installed")
     manifests = build_corpus(tmp_path, spec, workers=2)
     synthetic = [record for path in manifests.values() for record in read_manifest(path) if "voice" in record]
-    assert len(synthetic) == 8
+    assert len(synthetic) == 4 * (1 + len(spec.speed_copies)) + 2 + 2  # the training utterances at every speed
     assert {record["speaker"] for record in synthetic} <= {voice.speaker for voice in (*train, *spec.heldout_voices)}
 
 

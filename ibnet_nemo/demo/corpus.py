@@ -13,8 +13,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 from ibnet_nemo.data.manifest import read_manifest, write_manifest
+from ibnet_nemo.data.perturb import change_speed
 from ibnet_nemo.demo.real_speech import ASTERISK_SOUNDS, ASTERISK_TRANSCRIPTS, build_real_test_set
 from ibnet_nemo.demo.synthesis import (
     HELDOUT_VOICES,
@@ -56,6 +58,10 @@ class CorpusSpec:
         noise_fraction: share of train/val utterances with white noise. (Default: 0.5)
         snr_range_db: noise level range. (Default: (15, 40))
         max_tokens: most tokens per utterance. (Default: 7)
+        speed_copies: every training utterance is also written at each of these speeds, ``factor`` times as long
+            and ``1 / factor`` times as high (NeMo's speed perturbation, done once when the corpus is built: the
+            training batches are then sorted by their true durations, and the data loader resamples nothing).
+            Validation and test utterances have no copies. (Default: (0.9, 1.1))
         seed: random seed. (Default: 0)
         real_sounds_dir: folder of the asterisk prompt WAVs (8 kHz). (Default: Debian's path)
         real_transcripts: ``core-sounds-en.txt.gz``. (Default: Debian's path)
@@ -84,6 +90,7 @@ class CorpusSpec:
     noise_fraction: float = 0.5
     snr_range_db: tuple[float, float] = (15.0, 40.0)
     max_tokens: int = 7
+    speed_copies: tuple[float, ...] = (0.9, 1.1)
     seed: int = 0
     real_sounds_dir: str = ASTERISK_SOUNDS
     real_transcripts: str = ASTERISK_TRANSCRIPTS
@@ -98,6 +105,8 @@ class CorpusSpec:
         for name in ("telephone_fraction", "noise_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if any(factor <= 0 or factor == 1 for factor in self.speed_copies):
+            raise ValueError(f"speed_copies must be > 0 and not 1, got {self.speed_copies}")
         if any(share < 0 for share in self.engine_shares.values()) or sum(self.engine_shares.values()) <= 0:
             raise ValueError(f"engine_shares must be non-negative with a positive sum, got {self.engine_shares}")
 
@@ -154,6 +163,22 @@ def _synthesize_plan(plan: list[tuple[Voice, Utterance, str]], description: str,
     ]
 
 
+def _speed_copies(records: list[dict], factors: tuple[float, ...]) -> list[dict]:
+    """Writes each record's audio at each speed factor beside it (``<name>_speed<factor>.wav``); returns the copies'
+    records (with their ``speed``), factor by factor."""
+    copies = []
+    for factor in factors:
+        for record in records:
+            source = Path(record["audio_filepath"])
+            audio, sample_rate = sf.read(source, dtype="float32")
+            audio = change_speed(audio, sample_rate, factor)
+            path = source.with_name(f"{source.stem}_speed{factor:g}.wav")
+            sf.write(path, audio, sample_rate, subtype="PCM_16")
+            duration = round(len(audio) / sample_rate, 3)
+            copies.append({**record, "audio_filepath": str(path), "duration": duration, "speed": factor})
+    return copies
+
+
 def _cached(root: Path, spec: CorpusSpec) -> dict[str, Path] | None:
     """The manifests of a finished build of ``spec`` under ``root`` whose audio files all exist, else None."""
     stamp = root / "corpus.json"
@@ -203,6 +228,9 @@ def build_corpus(
     manifests = {}
     for split, plan in plans.items():
         records = _synthesize_plan(plan, f"Synthesizing {split}", workers)
+        if split == "train" and spec.speed_copies:
+            print(f"Corpus: writing the training utterances at speeds {', '.join(map(str, spec.speed_copies))}")
+            records += _speed_copies(records, spec.speed_copies)
         manifests[split] = write_manifest(root / f"{split}.json", records)
     real_records = build_real_test_set(spec.real_sounds_dir, spec.real_transcripts, audio_dir / "test_real_human")
     manifests["test_real_human"] = write_manifest(root / "test_real_human.json", real_records)
