@@ -229,9 +229,10 @@ def test_demo_corpus_is_built_split_by_voice_and_cached(demo_run, capsys):
     # The training utterances, then each of them at every speed of corpus.speed_copies (0.9 and 1.1).
     assert [len(records[split]) for split in SPLITS] == [24 * 3, 6, 6, 3]
     originals = records["train"][:24]
+    assert not any("speed" in r for r in originals)
     for index, factor in enumerate(corpus.speed_copies, start=1):
         copies = records["train"][24 * index : 24 * (index + 1)]
-        assert [c["speed"] for c in copies] == [factor] * 24 and not any("speed" in r for r in originals)
+        assert [c["speed"] for c in copies] == [factor] * 24
         for original, copy in zip(originals, copies):
             assert (copy["text"], copy["speaker"]) == (original["text"], original["speaker"])
             assert copy["duration"] == pytest.approx(factor * original["duration"], abs=2e-3)

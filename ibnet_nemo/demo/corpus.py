@@ -166,17 +166,17 @@ def _synthesize_plan(plan: list[tuple[Voice, Utterance, str]], description: str,
 def _speed_copies(records: list[dict], factors: tuple[float, ...]) -> list[dict]:
     """Writes each record's audio at each speed factor beside it (``<name>_speed<factor>.wav``); returns the copies'
     records (with their ``speed``), factor by factor."""
-    copies = []
-    for factor in factors:
-        for record in records:
-            source = Path(record["audio_filepath"])
-            audio, sample_rate = sf.read(source, dtype="float32")
-            audio = change_speed(audio, sample_rate, factor)
+    copies: dict[float, list[dict]] = {factor: [] for factor in factors}
+    for record in records:
+        source = Path(record["audio_filepath"])
+        audio, sample_rate = sf.read(source, dtype="float32")
+        for factor in factors:
+            copy = change_speed(audio, sample_rate, factor)
             path = source.with_name(f"{source.stem}_speed{factor:g}.wav")
-            sf.write(path, audio, sample_rate, subtype="PCM_16")
-            duration = round(len(audio) / sample_rate, 3)
-            copies.append({**record, "audio_filepath": str(path), "duration": duration, "speed": factor})
-    return copies
+            sf.write(path, copy, sample_rate, subtype="PCM_16")
+            duration = round(len(copy) / sample_rate, 3)
+            copies[factor].append({**record, "audio_filepath": str(path), "duration": duration, "speed": factor})
+    return [copy for factor in factors for copy in copies[factor]]
 
 
 def _cached(root: Path, spec: CorpusSpec) -> dict[str, Path] | None:
