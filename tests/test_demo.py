@@ -21,7 +21,7 @@ from conftest import compose
 import ibnet_nemo.demo.pipeline as pipeline
 from ibnet_nemo.data.manifest import read_manifest
 from ibnet_nemo.demo.augment import SAMPLE_RATE, add_noise, telephone_band
-from ibnet_nemo.demo.corpus import SPLITS, TEST_SPLITS, CorpusSpec, build_corpus, corpus_summary
+from ibnet_nemo.demo.corpus import SPLITS, TEST_SPLITS, CorpusSpec, _plan_split, build_corpus, corpus_summary
 from ibnet_nemo.demo.install import missing_apt_packages
 from ibnet_nemo.demo.neural_voices import kokoro_blend
 from ibnet_nemo.demo.pipeline import _hydra_overrides, _precision_overrides, run_demo
@@ -94,6 +94,24 @@ def test_voice_catalog_holds_speakers_out_entirely():
         CorpusSpec(heldout_voices=TRAIN_VOICES[:1])
     with pytest.raises(ValueError, match=r"speed_copies must be > 0 and not 1, got \(0.9, 1.0\)"):
         CorpusSpec(speed_copies=(0.9, 1.0))
+
+
+def test_single_token_fraction_shapes_the_training_texts_only(tmp_path):
+    voices = (Voice("flite", "kal16"),)
+
+    def token_counts(fraction: float, split: str) -> np.ndarray:
+        spec = CorpusSpec(train_voices=voices, heldout_voices=(Voice("flite", "slt"),), single_token_fraction=fraction)
+        plan = _plan_split(spec, split, 2000, voices, split != "test_synthetic_heldout", tmp_path, seed=5)
+        return np.array([len(transcript.split()) for _, _, transcript in plan])
+
+    assert (token_counts(1.0, "train") == 1).all()
+    # The rest draw 1..7 tokens uniformly: 0.5 + 0.5 / 7 of the utterances are single tokens.
+    assert (token_counts(0.5, "train") == 1).mean() == pytest.approx(0.5 + 0.5 / 7, abs=0.03)
+    assert (token_counts(0.0, "train") == 1).mean() == pytest.approx(1 / 7, abs=0.03)
+    for split in ("val", "test_synthetic_heldout"):
+        assert (token_counts(1.0, split) == 1).mean() == pytest.approx(1 / 7, abs=0.03)
+    with pytest.raises(ValueError, match=r"single_token_fraction must be in \[0, 1\], got 1.5"):
+        CorpusSpec(single_token_fraction=1.5)
 
 
 def test_telephone_band_and_noise():

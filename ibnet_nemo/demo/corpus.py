@@ -58,6 +58,9 @@ class CorpusSpec:
         noise_fraction: share of train/val utterances with white noise. (Default: 0.5)
         snr_range_db: noise level range. (Default: (15, 40))
         max_tokens: most tokens per utterance. (Default: 7)
+        single_token_fraction: share of the training utterances that say one token alone, as the real test set's
+            prompts do; the others, and every validation and test utterance, have 1..``max_tokens`` tokens, drawn
+            uniformly. (Default: 0.2)
         speed_copies: every training utterance is also written at each of these speeds, ``factor`` times as long
             and ``1 / factor`` times as high (NeMo's speed perturbation, done once when the corpus is built: the
             training batches are then sorted by their true durations, and the data loader resamples nothing).
@@ -90,6 +93,7 @@ class CorpusSpec:
     noise_fraction: float = 0.5
     snr_range_db: tuple[float, float] = (15.0, 40.0)
     max_tokens: int = 7
+    single_token_fraction: float = 0.2
     speed_copies: tuple[float, ...] = (0.9, 1.1)
     seed: int = 0
     real_sounds_dir: str = ASTERISK_SOUNDS
@@ -102,7 +106,7 @@ class CorpusSpec:
         both = {v.speaker for v in self.train_voices} & {v.speaker for v in self.heldout_voices}
         if both:
             raise ValueError(f"speakers both trained on and held out: {sorted(both)}")
-        for name in ("telephone_fraction", "noise_fraction"):
+        for name in ("telephone_fraction", "noise_fraction", "single_token_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if any(factor <= 0 or factor == 1 for factor in self.speed_copies):
@@ -130,7 +134,8 @@ def _plan_split(
     weights = _voice_weights(voices, spec.engine_shares)
     plan = []
     for index in range(count):
-        transcript = random_transcript(rng, max_tokens=spec.max_tokens)
+        single = split == "train" and rng.random() < spec.single_token_fraction
+        transcript = random_transcript(rng, max_tokens=1 if single else spec.max_tokens)
         voice = voices[int(rng.choice(len(voices), p=weights))]
         telephone = augment and rng.random() < spec.telephone_fraction
         noisy = augment and rng.random() < spec.noise_fraction
